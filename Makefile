@@ -1,0 +1,39 @@
+# esnats: the usual targets. Everything needs only Go and the module proxy;
+# NATS servers are embedded in-process.
+GO ?= go
+PKGS ?= ./...
+BENCHTIME ?= 2s
+
+.PHONY: all test demo bench lint fuzz cover tidy
+
+all: lint test
+
+## test: the whole module with the race detector (the README's test command)
+test:
+	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+
+## demo: a small event store demo on an embedded NATS server, no set-up
+demo:
+	$(GO) run ./examples/storedemo
+
+## bench: benchmarks, each beside the raw JetStream operation it is built on
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -benchmem ./stream/
+
+## lint: formatting and vet
+lint:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+## fuzz: a longer fuzz run of the id escaping and envelope decoding targets
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzEncodeID$$' -fuzztime $(FUZZTIME) ./stream/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeID$$' -fuzztime $(FUZZTIME) ./stream/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime $(FUZZTIME) ./stream/
+
+cover:
+	$(GO) test -count=1 -coverprofile=cover.out $(PKGS) && $(GO) tool cover -func=cover.out | tail -1
+
+tidy:
+	$(GO) mod tidy

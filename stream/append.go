@@ -1,0 +1,403 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
+)
+
+// settleTimeout bounds how long an append keeps trying to learn its outcome
+// after the caller's context ended while the append was in flight.
+const settleTimeout = 5 * time.Second
+
+// prepared is one aggregate's part of an append, validated and with ids.
+type prepared struct {
+	agg    Aggregate
+	token  string // EncodeID(agg.ID)
+	filter string // the aggregate's subject
+	expect Expectation
+	rev    Revision // expected revision (resolved for ExpectAny)
+	events []EventData
+	ids    []string
+	enc    []*nats.Msg
+}
+
+// Append stores events for one aggregate, atomically, if expect holds: one
+// event is a publish with the subject-sequence check, several are one atomic
+// batch (all or none). Events are numbered from the expected revision's
+// version + 1.
+//
+// Errors: ErrInvalidID, ErrInvalidName, ErrUnknownEventType, ErrEncode,
+// ErrTooLarge, ErrTooManyEvents before any I/O; *ConflictError (ErrConflict)
+// when another writer got in first; ErrNotFound when the stream does not
+// exist; ErrIndeterminate when the server could not be asked what landed.
+//
+// Retries: on a timeout or lost connection Append resends the same events
+// with the same ids and expectation; the server's duplicate window and the
+// sequence check make sure they are stored at most once, and a write that
+// landed is reported as landed (Duplicate set when a resend found it
+// stored). When ctx ends with an append in flight, Append takes up to 5s
+// more to settle the outcome.
+func (s *Store) Append(ctx context.Context, agg Aggregate, expect Expectation, events []EventData, opts ...AppendOption) (AppendResult, error) {
+	res, err := s.AppendBatch(ctx, []AppendRequest{{Aggregate: agg, Expect: expect, Events: events}}, opts...)
+	if err != nil {
+		return AppendResult{}, err
+	}
+	return res[0], nil
+}
+
+// AppendBatch stores the events of several aggregates in one atomic batch:
+// all of them, or none when any expectation fails. Each aggregate may appear
+// once. The total number of events is at most MaxBatch. Results are in the
+// order of reqs. Errors and retries are those of Append; a *ConflictError
+// names the first aggregate found to have moved.
+func (s *Store) AppendBatch(ctx context.Context, reqs []AppendRequest, opts ...AppendOption) ([]AppendResult, error) {
+	o := buildAppendOptions(opts)
+	ps, err := s.prepare(reqs)
+	if err != nil {
+		return nil, err
+	}
+	meta := eventMeta{correlationID: o.correlationID, causationID: o.causationID, metadata: o.metadata, now: o.now().UTC()}
+	if tc, ok := TraceFromContext(ctx); ok {
+		meta.trace = tc
+	}
+	for key := range o.metadata {
+		if err := validateMetaKey(key); err != nil {
+			return nil, err
+		}
+	}
+	for attempt := 1; ; attempt++ {
+		anyExpect := false
+		for _, p := range ps {
+			if p.expect.kind == expectAny {
+				anyExpect = true
+				if p.rev, err = s.lastRevision(ctx, p.filter); err != nil {
+					return nil, err
+				}
+			}
+			if err := s.encode(p, &meta); err != nil {
+				return nil, err
+			}
+		}
+		res, err := s.send(ctx, ps, o)
+		var ce *ConflictError
+		if anyExpect && attempt < o.maxAttempts && errors.As(err, &ce) && expectsAny(ps, ce.Aggregate) {
+			if err := backoff(ctx, attempt); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		return res, err
+	}
+}
+
+func expectsAny(ps []*prepared, agg Aggregate) bool {
+	for _, p := range ps {
+		if p.agg == agg {
+			return p.expect.kind == expectAny
+		}
+	}
+	return false
+}
+
+// prepare validates requests before any I/O and assigns event ids.
+func (s *Store) prepare(reqs []AppendRequest) ([]*prepared, error) {
+	if len(reqs) == 0 {
+		return nil, &Error{Op: "append", Err: errors.New("no aggregates to append to")}
+	}
+	total := 0
+	seen := make(map[Aggregate]bool, len(reqs))
+	ps := make([]*prepared, len(reqs))
+	for i, r := range reqs {
+		if err := ValidateName("aggregate type", r.Aggregate.Type); err != nil {
+			return nil, err
+		}
+		tok, err := EncodeID(r.Aggregate.ID)
+		if err != nil {
+			return nil, err
+		}
+		if len(r.Events) == 0 {
+			return nil, &Error{Op: "append", Subject: s.subj.aggregate(r.Aggregate.Type, tok), Err: errors.New("no events to append")}
+		}
+		if seen[r.Aggregate] {
+			return nil, &Error{Op: "append", Subject: s.subj.aggregate(r.Aggregate.Type, tok), Err: fmt.Errorf("aggregate %s appears twice in one batch", r.Aggregate)}
+		}
+		seen[r.Aggregate] = true
+		total += len(r.Events)
+		p := &prepared{agg: r.Aggregate, token: tok, filter: s.subj.aggregate(r.Aggregate.Type, tok),
+			expect: r.Expect, rev: r.Expect.rev, events: r.Events, ids: make([]string, len(r.Events))}
+		for j, ev := range r.Events {
+			if ev.ID == "" {
+				p.ids[j] = newEventID()
+			} else {
+				if err := validateEventID(ev.ID); err != nil {
+					return nil, err
+				}
+				p.ids[j] = ev.ID
+			}
+		}
+		ps[i] = p
+	}
+	if total > MaxBatch {
+		return nil, &Error{Op: "append", Err: fmt.Errorf("%w: %d events, an atomic append holds at most %d", ErrTooManyEvents, total, MaxBatch)}
+	}
+	return ps, nil
+}
+
+// encode builds p's messages numbered from p.rev; the first carries the
+// expected-last-subject-sequence check on the aggregate's subject.
+func (s *Store) encode(p *prepared, meta *eventMeta) error {
+	p.enc = p.enc[:0]
+	for j, ev := range p.events {
+		ev.ID = p.ids[j]
+		e, err := encodeEvent(s.reg, s.subj, p.agg, p.token, p.rev.Version+uint64(j)+1, ev, meta, s.cfg.MaxEventSize)
+		if err != nil {
+			return err
+		}
+		p.enc = append(p.enc, e.msg)
+	}
+	// Only the first event of an aggregate may carry the check in a batch.
+	p.enc[0].Header[jetstream.ExpectedLastSubjSeqHeader] = []string{strconv.FormatUint(p.rev.Sequence, 10)}
+	return nil
+}
+
+// errClass sorts publish errors by what they say about the outcome.
+type errClass int
+
+const (
+	classOther       errClass = iota
+	classConflict             // 10071, 10164, 10201: maybe ours, maybe another writer's
+	classAmbiguous            // no answer: may or may not have landed
+	classUnavailable          // not received by a stream: safe to resend
+	classTooLarge
+	classNoStream
+)
+
+func classify(err error) errClass {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode {
+		case jetstream.JSErrCodeStreamWrongLastSequence, 10164, 10201:
+			return classConflict
+		case jetstream.JSErrCodeStreamMessageExceedsMaximum:
+			return classTooLarge
+		case jetstream.JSErrCodeStreamNotFound:
+			return classNoStream
+		case 10163, 10210, 10211: // check temporarily unavailable, too many in flight
+			return classUnavailable
+		}
+		if apiErr.Code == 503 {
+			return classUnavailable
+		}
+		return classOther
+	}
+	switch {
+	case errors.Is(err, nats.ErrMaxPayload):
+		return classTooLarge
+	case errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrNoResponders):
+		return classUnavailable
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled),
+		errors.Is(err, nats.ErrTimeout), errors.Is(err, nats.ErrConnectionClosed),
+		errors.Is(err, nats.ErrDisconnected), errors.Is(err, nats.ErrConnectionDraining),
+		errors.Is(err, jetstream.ErrInvalidJSAck), errors.Is(err, jetstreamext.ErrInvalidBatchAck):
+		return classAmbiguous
+	}
+	return classOther
+}
+
+// send publishes the prepared events and settles the outcome.
+func (s *Store) send(ctx context.Context, ps []*prepared, o appendOptions) ([]AppendResult, error) {
+	msgs := make([]*nats.Msg, 0, len(ps))
+	for _, p := range ps {
+		msgs = append(msgs, p.enc...)
+	}
+	first := msgs[0].Subject
+	var lastErr error
+	uncertain := false // an earlier attempt may have landed
+	pctx := ctx
+	for attempt := 1; ; attempt++ {
+		if !uncertain && ctx.Err() != nil {
+			return nil, &Error{Op: "append", Subject: first, Err: ctx.Err()} // nothing in flight
+		}
+		if uncertain && pctx == ctx && ctx.Err() != nil {
+			// The caller gave up while an attempt may be in flight: take
+			// a little more time to settle its outcome.
+			var cancel context.CancelFunc
+			pctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+			defer cancel()
+		}
+		// Each attempt waits at most the JetStream default timeout, so a
+		// lost answer leaves time to resend within the caller's deadline.
+		actx, cancel := context.WithTimeout(pctx, s.js.Options().DefaultTimeout)
+		firstSeq, dup, err := s.publish(actx, msgs)
+		cancel()
+		if err == nil {
+			if dup {
+				// The server dropped the events as already stored: report
+				// where they are, which need not be where we expected.
+				return s.landedAt(pctx, ps, firstSeq)
+			}
+			return results(ps, firstSeq, false), nil
+		}
+		lastErr = err
+		switch classify(err) {
+		case classTooLarge:
+			return nil, &Error{Op: "append", Subject: first, Err: fmt.Errorf("%w: %v", ErrTooLarge, err)}
+		case classNoStream:
+			return nil, s.noStream(first, err)
+		case classConflict:
+			landed, firstSeq, conflict, verr := s.verify(pctx, ps)
+			switch {
+			case verr != nil:
+				return nil, s.indeterminate(first, uncertain, fmt.Errorf("%v; then reading what landed failed: %w", err, verr))
+			case landed:
+				return results(ps, firstSeq, true), nil
+			case conflict != nil:
+				return nil, conflict
+			}
+			// Nothing follows the expected revision: a competing write
+			// was in flight (10164) or ours still is. Resend.
+		case classAmbiguous:
+			uncertain = true
+		case classUnavailable:
+			// Not received by the stream: resending is safe.
+		default:
+			return nil, &Error{Op: "append", Subject: first, Err: err}
+		}
+		if attempt >= o.maxAttempts {
+			break
+		}
+		if err := backoff(pctx, attempt); err != nil {
+			if !uncertain {
+				return nil, &Error{Op: "append", Subject: first, Err: err}
+			}
+			if pctx != ctx {
+				break // settle time used up
+			}
+		}
+	}
+	if classify(lastErr) == classUnavailable {
+		if _, err := s.js.Stream(context.WithoutCancel(ctx), s.cfg.Name); errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, s.noStream(first, lastErr)
+		}
+	}
+	if uncertain {
+		return nil, s.indeterminate(first, true, lastErr)
+	}
+	return nil, &Error{Op: "append", Subject: first, Err: lastErr}
+}
+
+func (s *Store) noStream(subject string, err error) error {
+	return &Error{Op: "append", Subject: subject, Err: fmt.Errorf("%w: stream %q does not exist or does not listen on this subject (create the store with NewStore): %v", ErrNotFound, s.cfg.Name, err)}
+}
+
+func (s *Store) indeterminate(subject string, uncertain bool, err error) error {
+	if !uncertain {
+		return &Error{Op: "append", Subject: subject, Err: err}
+	}
+	return &Error{Op: "append", Subject: subject, Err: fmt.Errorf("%w: %v", ErrIndeterminate, err)}
+}
+
+// publish sends msgs: one message as a plain JetStream publish, several as
+// one atomic batch. It returns the sequence of the first message.
+func (s *Store) publish(ctx context.Context, msgs []*nats.Msg) (uint64, bool, error) {
+	if len(msgs) == 1 {
+		ack, err := s.js.PublishMsg(ctx, msgs[0])
+		if err != nil {
+			return 0, false, err
+		}
+		return ack.Sequence, ack.Duplicate, nil
+	}
+	ack, err := jetstreamext.PublishMsgBatch(ctx, s.js, msgs, jetstreamext.BatchFlowControl{AckFirst: false, AckTimeout: s.js.Options().DefaultTimeout})
+	if err != nil {
+		return 0, false, err
+	}
+	if ack.BatchSize != uint64(len(msgs)) || ack.Sequence < uint64(len(msgs)) {
+		return 0, false, fmt.Errorf("%w: batch ack for %d of %d events", jetstreamext.ErrInvalidBatchAck, ack.BatchSize, len(msgs))
+	}
+	return ack.Sequence - uint64(len(msgs)) + 1, false, nil
+}
+
+// verify asks the stream leader what follows each aggregate's expected
+// revision. landed: the first aggregate's first event is there, so the
+// whole atomic append landed at firstSeq. conflict: another writer's event
+// follows an expected revision. Neither: nothing has been written after the
+// expected revisions yet.
+func (s *Store) verify(ctx context.Context, ps []*prepared) (landed bool, firstSeq uint64, conflict error, err error) {
+	for i, p := range ps {
+		m, err := s.leaderGet(ctx, msgGetRequest{Seq: p.rev.Sequence + 1, NextBySubj: p.filter})
+		if err != nil {
+			return false, 0, nil, err
+		}
+		if m == nil {
+			continue
+		}
+		if i == 0 && m.Header.Get(HeaderEventID) == p.ids[0] {
+			return true, m.Sequence, nil, nil
+		}
+		ce := &ConflictError{Aggregate: p.agg, Expected: p.rev}
+		if last, err := s.lastRevision(ctx, p.filter); err == nil {
+			ce.Actual, ce.ActualKnown = last, true
+		}
+		return false, 0, ce, nil
+	}
+	return false, 0, nil, nil
+}
+
+// landedAt reports an append found already stored at firstSeq, reading the
+// version it was stored with from the stream leader.
+func (s *Store) landedAt(ctx context.Context, ps []*prepared, firstSeq uint64) ([]AppendResult, error) {
+	m, err := s.leaderGet(ctx, msgGetRequest{Seq: firstSeq})
+	if err == nil && m == nil {
+		err = fmt.Errorf("%w: message at sequence %d", ErrNotFound, firstSeq)
+	}
+	if err != nil {
+		return nil, &Error{Op: "append", Subject: ps[0].filter, Sequence: firstSeq, Err: fmt.Errorf("%w: stored as a duplicate, but reading it back failed: %v", ErrIndeterminate, err)}
+	}
+	rev, err := revisionOf(m)
+	if err != nil {
+		return nil, err
+	}
+	ps[0].rev.Version = rev.Version - 1
+	return results(ps, firstSeq, true), nil
+}
+
+// results computes each aggregate's revisions: an atomic batch occupies
+// consecutive sequences in request order.
+func results(ps []*prepared, firstSeq uint64, dup bool) []AppendResult {
+	out := make([]AppendResult, len(ps))
+	seq := firstSeq
+	for i, p := range ps {
+		n := uint64(len(p.enc))
+		out[i] = AppendResult{
+			Aggregate: p.agg,
+			First:     Revision{Version: p.rev.Version + 1, Sequence: seq},
+			Last:      Revision{Version: p.rev.Version + n, Sequence: seq + n - 1},
+			Duplicate: dup,
+		}
+		seq += n
+	}
+	return out
+}
+
+// backoff waits before attempt+1: 20ms doubling to 1s, with full jitter.
+func backoff(ctx context.Context, attempt int) error {
+	d := 20 * time.Millisecond << min(attempt-1, 6)
+	d = min(d, time.Second)
+	d = d/2 + rand.N(d/2+1)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

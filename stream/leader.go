@@ -1,0 +1,129 @@
+package stream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Consistent reads go to the stream leader through the JetStream API
+// ($JS.API.STREAM.MSG.GET), never to a direct-get replica that may lag: the
+// append path uses them to learn what landed after an ambiguous failure.
+
+type msgGetRequest struct {
+	Seq        uint64 `json:"seq,omitempty"`
+	NextBySubj string `json:"next_by_subj,omitempty"`
+	LastBySubj string `json:"last_by_subj,omitempty"`
+}
+
+type msgGetResponse struct {
+	Type    string              `json:"type"`
+	Error   *jetstream.APIError `json:"error,omitempty"`
+	Message *struct {
+		Subject  string    `json:"subject"`
+		Sequence uint64    `json:"seq"`
+		Header   []byte    `json:"hdrs,omitempty"`
+		Data     []byte    `json:"data,omitempty"`
+		Time     time.Time `json:"time"`
+	} `json:"message,omitempty"`
+}
+
+const (
+	codeMessageNotFound = 10037
+	codeStreamNotFound  = 10059
+)
+
+// leaderGet fetches one message from the stream leader. It returns
+// (nil, nil) when no message matches.
+func (s *Store) leaderGet(ctx context.Context, req msgGetRequest) (*rawMessage, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.js.Options().DefaultTimeout)
+		defer cancel()
+	}
+	resp, err := s.nc.RequestWithContext(ctx, s.apiPrefix+"STREAM.MSG.GET."+s.cfg.Name, body)
+	if err != nil {
+		if errors.Is(err, nats.ErrNoResponders) {
+			return nil, fmt.Errorf("JetStream API did not answer (no responders): %w", err)
+		}
+		return nil, err
+	}
+	var r msgGetResponse
+	if err := json.Unmarshal(resp.Data, &r); err != nil {
+		return nil, fmt.Errorf("invalid JetStream API response: %w", err)
+	}
+	if r.Error != nil {
+		switch r.Error.ErrorCode {
+		case codeMessageNotFound:
+			return nil, nil
+		case codeStreamNotFound:
+			return nil, fmt.Errorf("%w: stream %q does not exist", ErrNotFound, s.cfg.Name)
+		}
+		return nil, r.Error
+	}
+	if r.Message == nil {
+		return nil, errors.New("invalid JetStream API response: no message")
+	}
+	m := &rawMessage{Subject: r.Message.Subject, Sequence: r.Message.Sequence, Data: r.Message.Data}
+	if len(r.Message.Header) > 0 {
+		m.Header, err = nats.DecodeHeadersMsg(r.Message.Header)
+		if err != nil {
+			return nil, &Error{Op: "read", Subject: m.Subject, Sequence: m.Sequence, Err: fmt.Errorf("%w: bad headers: %v", ErrDecode, err)}
+		}
+	}
+	return m, nil
+}
+
+// revisionOf returns the aggregate revision recorded in a stored message.
+func revisionOf(m *rawMessage) (Revision, error) {
+	v, err := strconv.ParseUint(m.Header.Get(HeaderVersion), 10, 64)
+	if err != nil || v == 0 {
+		return Revision{}, &Error{Op: "read", Subject: m.Subject, Sequence: m.Sequence,
+			Err: fmt.Errorf("%w: missing or invalid %s header %q", ErrDecode, HeaderVersion, m.Header.Get(HeaderVersion))}
+	}
+	return Revision{Version: v, Sequence: m.Sequence}, nil
+}
+
+// LastRevision returns the aggregate's current revision (the version and
+// sequence of its last event), or the zero Revision when it has no events. It
+// costs one round trip to the stream leader, so the answer is never stale.
+// Errors: ErrInvalidID / ErrInvalidName for a bad aggregate; ErrNotFound
+// when the stream does not exist; ErrDecode when the last message has no
+// valid version header.
+func (s *Store) LastRevision(ctx context.Context, agg Aggregate) (Revision, error) {
+	filter, err := s.AggregateSubject(agg)
+	if err != nil {
+		return Revision{}, err
+	}
+	return s.lastRevision(ctx, filter)
+}
+
+func (s *Store) lastRevision(ctx context.Context, filter string) (Revision, error) {
+	m, err := s.leaderGet(ctx, msgGetRequest{LastBySubj: filter})
+	if err != nil {
+		return Revision{}, wrapOp("read", filter, err)
+	}
+	if m == nil {
+		return Revision{}, nil
+	}
+	return revisionOf(m)
+}
+
+// wrapOp wraps err in *Error unless it already is one.
+func wrapOp(op, subject string, err error) error {
+	var e *Error
+	if errors.As(err, &e) {
+		return err
+	}
+	return &Error{Op: op, Subject: subject, Err: err}
+}

@@ -1,0 +1,121 @@
+package stream
+
+import "time"
+
+// AppendOption changes one Append or AppendBatch call.
+type AppendOption func(*appendOptions)
+
+type appendOptions struct {
+	correlationID string
+	causationID   string
+	metadata      map[string]string
+	maxAttempts   int
+	now           func() time.Time
+}
+
+// WithCorrelationID sets the correlation id of every appended event that has
+// none of its own.
+func WithCorrelationID(id string) AppendOption {
+	return func(o *appendOptions) { o.correlationID = id }
+}
+
+// WithCausationID sets the causation id of every appended event that has
+// none of its own.
+func WithCausationID(id string) AppendOption {
+	return func(o *appendOptions) { o.causationID = id }
+}
+
+// WithMetadata adds user metadata to every appended event; an event's own
+// Metadata wins for the same key.
+func WithMetadata(md map[string]string) AppendOption {
+	return func(o *appendOptions) { o.metadata = md }
+}
+
+// WithMaxAttempts bounds how many times an append is sent when the server
+// does not answer (timeouts, lost connections, no stream leader) and, with
+// ExpectAny, when a concurrent writer gets in first. Default 5. Every resend
+// carries the same event ids, so nothing is stored twice.
+func WithMaxAttempts(n int) AppendOption {
+	return func(o *appendOptions) {
+		if n > 0 {
+			o.maxAttempts = n
+		}
+	}
+}
+
+func buildAppendOptions(opts []AppendOption) appendOptions {
+	o := appendOptions{maxAttempts: 5, now: time.Now}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+// ReadOption changes one Load or ReadAll call.
+type ReadOption func(*readOptions)
+
+type readOptions struct {
+	fromSeq     uint64
+	fromVersion uint64
+	batch       int
+	aggTypes    []string
+	eventTypes  []string
+	skipBad     func(error) bool
+	limit       int
+}
+
+// FromSequence starts reading at stream sequence seq (inclusive). For Load,
+// pass the sequence after a snapshot's to read only newer events.
+func FromSequence(seq uint64) ReadOption {
+	return func(o *readOptions) { o.fromSeq = seq }
+}
+
+// FromVersion makes Load skip the aggregate's events before version v. When
+// the sequence of an earlier version is known, combine it with FromSequence
+// to avoid reading the skipped events at all.
+func FromVersion(v uint64) ReadOption {
+	return func(o *readOptions) { o.fromVersion = v }
+}
+
+// WithBatchSize sets how many events one read round trip asks for. Default
+// 1000 (the server also stops a batch at its max_pending bytes).
+func WithBatchSize(n int) ReadOption {
+	return func(o *readOptions) {
+		if n > 0 {
+			o.batch = n
+		}
+	}
+}
+
+// WithAggregateTypes makes ReadAll return only events of these aggregate
+// types. With one type the server filters; with several, the client does.
+func WithAggregateTypes(types ...string) ReadOption {
+	return func(o *readOptions) { o.aggTypes = types }
+}
+
+// WithEventTypes makes ReadAll return only events of these types. The event
+// type is a header, so the client filters (see docs/wire-format.md).
+func WithEventTypes(types ...string) ReadOption {
+	return func(o *readOptions) { o.eventTypes = types }
+}
+
+// WithLimit stops a read after n events. Default: no limit.
+func WithLimit(n int) ReadOption {
+	return func(o *readOptions) { o.limit = n }
+}
+
+// SkipUndecodable makes a read report an event that cannot be decoded to
+// fn and go on, instead of ending the read with the error. fn returns false
+// to end the read after all. For tools that must see past a broken event;
+// aggregates should not skip events.
+func SkipUndecodable(fn func(err error) bool) ReadOption {
+	return func(o *readOptions) { o.skipBad = fn }
+}
+
+func buildReadOptions(opts []ReadOption) readOptions {
+	o := readOptions{batch: 1000}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}

@@ -1,0 +1,197 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"slices"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
+)
+
+// Load returns the aggregate's events in order, as an iterator of decoded
+// events. It reads in batches (one direct-get round trip per batch of up to
+// WithBatchSize events, default 1000) and never creates a consumer. An
+// aggregate with no events yields nothing.
+//
+// Options: FromSequence to start after a snapshot, FromVersion to skip older
+// versions, WithBatchSize, WithLimit, SkipUndecodable.
+//
+// Errors (yielded with a nil event, after which the iteration ends):
+// ErrInvalidID / ErrInvalidName for a bad aggregate (before any I/O);
+// ErrNotFound when the stream does not exist; ErrDecode, ErrUnknownEventType
+// or ErrSchemaVersion, in an *Error naming subject and sequence, for an event
+// that cannot be decoded, and ErrDecode for a gap in the versions.
+//
+// Reads are served by any replica that is current (direct get), so on a
+// replicated store a load may miss an append acknowledged an instant ago;
+// appending with the loaded revision then fails with ErrConflict, never
+// silently. Use LastRevision for a read from the stream leader.
+func (s *Store) Load(ctx context.Context, agg Aggregate, opts ...ReadOption) iter.Seq2[*Event, error] {
+	o := buildReadOptions(opts)
+	filter, err := s.AggregateSubject(agg)
+	if err != nil {
+		return func(yield func(*Event, error) bool) { yield(nil, err) }
+	}
+	return func(yield func(*Event, error) bool) {
+		var lastVersion uint64
+		n := 0
+		for ev, err := range s.read(ctx, filter, o) {
+			if err != nil {
+				yield(nil, err)
+				return
+			}
+			if lastVersion != 0 && ev.Version != lastVersion+1 {
+				yield(nil, &Error{Op: "load", Subject: ev.Subject, Sequence: ev.Sequence,
+					Err: fmt.Errorf("%w: version %d follows version %d (history of %s is not contiguous)", ErrDecode, ev.Version, lastVersion, agg)})
+				return
+			}
+			lastVersion = ev.Version
+			if ev.Version < o.fromVersion {
+				continue
+			}
+			if !yield(ev, nil) {
+				return
+			}
+			if n++; o.limit > 0 && n >= o.limit {
+				return
+			}
+		}
+	}
+}
+
+// ReadAll returns the store's events in stream order, from FromSequence
+// (default 1), optionally filtered with WithAggregateTypes and
+// WithEventTypes, in batches like Load. It reads what is stored when each
+// batch is asked for and ends there; to follow new events use a consumer.
+// Errors are those of Load.
+func (s *Store) ReadAll(ctx context.Context, opts ...ReadOption) iter.Seq2[*Event, error] {
+	o := buildReadOptions(opts)
+	for _, t := range o.aggTypes {
+		if err := ValidateName("aggregate type", t); err != nil {
+			return func(yield func(*Event, error) bool) { yield(nil, err) }
+		}
+	}
+	for _, t := range o.eventTypes {
+		if err := ValidateName("event type", t); err != nil {
+			return func(yield func(*Event, error) bool) { yield(nil, err) }
+		}
+	}
+	// One aggregate type: the server filters. Otherwise the client does.
+	filter := s.subj.all()
+	if len(o.aggTypes) == 1 {
+		filter = s.subj.filter(o.aggTypes[0])
+	}
+	return func(yield func(*Event, error) bool) {
+		n := 0
+		for ev, err := range s.read(ctx, filter, o) {
+			if err != nil {
+				yield(nil, err)
+				return
+			}
+			if len(o.aggTypes) > 1 && !slices.Contains(o.aggTypes, ev.Aggregate.Type) ||
+				len(o.eventTypes) > 0 && !slices.Contains(o.eventTypes, ev.Type) {
+				continue
+			}
+			if !yield(ev, nil) {
+				return
+			}
+			if n++; o.limit > 0 && n >= o.limit {
+				return
+			}
+		}
+	}
+}
+
+// read pages through the messages matching filter with batched direct gets
+// and decodes them.
+func (s *Store) read(ctx context.Context, filter string, o readOptions) iter.Seq2[*Event, error] {
+	return func(yield func(*Event, error) bool) {
+		seq := max(o.fromSeq, 1)
+		for {
+			raws, more, err := s.getBatch(ctx, filter, seq, o.batch)
+			if err != nil {
+				yield(nil, err)
+				return
+			}
+			for _, m := range raws {
+				ev, err := decodeEvent(s.reg, s.subj, m)
+				if err != nil {
+					if o.skipBad != nil && o.skipBad(err) {
+						continue
+					}
+					yield(nil, err)
+					return
+				}
+				if !yield(ev, nil) {
+					return
+				}
+			}
+			if !more {
+				return
+			}
+			seq = raws[len(raws)-1].Sequence + 1
+		}
+	}
+}
+
+// getBatch fetches up to batch messages matching filter from seq in one
+// round trip. more reports that further messages matched when the server
+// answered.
+func (s *Store) getBatch(ctx context.Context, filter string, seq uint64, batch int) ([]rawMessage, bool, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.js.Options().DefaultTimeout)
+		defer cancel()
+	}
+	it, err := jetstreamext.GetBatch(ctx, s.js, s.cfg.Name, batch, jetstreamext.GetBatchSubject(filter), jetstreamext.GetBatchSeq(seq), jetstreamext.GetBatchMaxBytes(readMaxBytes))
+	if err != nil {
+		return nil, false, s.readErr(ctx, filter, seq, err)
+	}
+	raws := make([]rawMessage, 0, min(batch, 64))
+	pending := uint64(1)
+	for m, err := range it {
+		if err != nil {
+			if errors.Is(err, jetstreamext.ErrNoMessages) {
+				return raws, false, nil
+			}
+			return nil, false, s.readErr(ctx, filter, seq, err)
+		}
+		raws = append(raws, rawMessage{Subject: m.Subject, Sequence: m.Sequence, Header: m.Header, Data: m.Data})
+		pending, err = strconv.ParseUint(m.Header.Get(headerNumPending), 10, 64)
+		if err != nil {
+			return nil, false, &Error{Op: "read", Subject: m.Subject, Sequence: m.Sequence, Err: fmt.Errorf("invalid %s header", headerNumPending)}
+		}
+	}
+	if len(raws) == 0 {
+		// The iterator ends without a message or error on a timeout.
+		if err := ctx.Err(); err != nil {
+			return nil, false, s.readErr(ctx, filter, seq, err)
+		}
+		return nil, false, &Error{Op: "read", Subject: filter, Sequence: seq, Err: fmt.Errorf("%w: no answer from the server", nats.ErrTimeout)}
+	}
+	return raws, pending > 0, nil
+}
+
+func (s *Store) readErr(ctx context.Context, filter string, seq uint64, err error) error {
+	if errors.Is(err, jetstreamext.ErrBatchUnsupported) || errors.Is(err, nats.ErrNoResponders) {
+		// A direct get to a stream that does not exist gets a no-responders
+		// status, which the batch reader reports as unsupported.
+		if _, serr := s.js.Stream(context.WithoutCancel(ctx), s.cfg.Name); errors.Is(serr, jetstream.ErrStreamNotFound) {
+			err = fmt.Errorf("%w: stream %q does not exist", ErrNotFound, s.cfg.Name)
+		}
+	}
+	return &Error{Op: "read", Subject: filter, Sequence: seq, Err: err}
+}
+
+// readMaxBytes bounds one batch's bytes, so that the server (which serves a
+// batch under a lock that appends also need) answers in bounded time.
+const readMaxBytes = 4 << 20
+
+// headerNumPending is set by the server on each message of a batched direct
+// get: how many matching messages follow it.
+const headerNumPending = "Nats-Num-Pending"

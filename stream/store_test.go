@@ -1,0 +1,297 @@
+package stream_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/esnats/esnats/embedded"
+	"github.com/esnats/esnats/internal/faultproxy"
+	"github.com/esnats/esnats/stream"
+)
+
+type itemAdded struct {
+	SKU string `json:"sku"`
+	Qty int    `json:"qty"`
+}
+
+type checkedOut struct {
+	At time.Time `json:"at"`
+}
+
+func testRegistry(t testing.TB) *stream.Registry {
+	t.Helper()
+	reg := stream.NewRegistry()
+	require.NoError(t, stream.Register[itemAdded](reg, "ItemAdded"))
+	require.NoError(t, stream.Register[checkedOut](reg, "CheckedOut"))
+	return reg
+}
+
+func newJSStore(t *testing.T, js jetstream.JetStream, mod ...func(*stream.Config)) *stream.Store {
+	t.Helper()
+	cfg := stream.Config{Name: "carts", Registry: testRegistry(t)}
+	for _, m := range mod {
+		m(&cfg)
+	}
+	st, err := stream.NewStore(context.Background(), js, cfg)
+	require.NoError(t, err)
+	return st
+}
+
+func loadAll(t *testing.T, st stream.EventStore, agg stream.Aggregate, opts ...stream.ReadOption) []*stream.Event {
+	t.Helper()
+	var out []*stream.Event
+	for ev, err := range st.Load(context.Background(), agg, opts...) {
+		require.NoError(t, err)
+		out = append(out, ev)
+	}
+	return out
+}
+
+func TestStoreSetupCreatesDurableStream(t *testing.T) {
+	srv := embedded.RunServer(t)
+	_, js := embedded.MustJetStream(t, srv)
+	ctx := context.Background()
+	newJSStore(t, js)
+	// Idempotent: again, and concurrently.
+	errs := make(chan error, 4)
+	for range 4 {
+		go func() {
+			_, err := stream.NewStore(ctx, js, stream.Config{Name: "carts", Registry: testRegistry(t)})
+			errs <- err
+		}()
+	}
+	for range 4 {
+		require.NoError(t, <-errs)
+	}
+	s, err := js.Stream(ctx, "carts")
+	require.NoError(t, err)
+	cfg := s.CachedInfo().Config
+	assert.Equal(t, jetstream.FileStorage, cfg.Storage)
+	assert.True(t, cfg.AllowDirect)
+	assert.True(t, cfg.AllowAtomicPublish)
+	assert.Equal(t, stream.DefaultDuplicates, cfg.Duplicates)
+	assert.Equal(t, []string{"carts.>"}, cfg.Subjects)
+	assert.Equal(t, jetstream.LimitsPolicy, cfg.Retention)
+	assert.Zero(t, cfg.MaxAge, "an event store must not expire history by default")
+	assert.EqualValues(t, stream.DefaultMaxEventSize, cfg.MaxMsgSize)
+}
+
+func TestStoreSetupRefusesIncompatibleStream(t *testing.T) {
+	srv := embedded.RunServer(t)
+	_, js := embedded.MustJetStream(t, srv)
+	ctx := context.Background()
+	cases := []struct {
+		name string
+		sc   jetstream.StreamConfig
+		want string
+	}{
+		{"workqueue", jetstream.StreamConfig{Name: "wq", Subjects: []string{"wq.>"}, Retention: jetstream.WorkQueuePolicy}, "retention"},
+		{"memory", jetstream.StreamConfig{Name: "mem", Subjects: []string{"mem.>"}, Storage: jetstream.MemoryStorage}, "storage"},
+		{"subjects", jetstream.StreamConfig{Name: "other", Subjects: []string{"elsewhere.>"}}, "subjects"},
+		{"per-subject limit", jetstream.StreamConfig{Name: "capped", Subjects: []string{"capped.>"}, MaxMsgsPerSubject: 5}, "MaxMsgsPerSubject"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := js.CreateStream(ctx, c.sc)
+			require.NoError(t, err)
+			_, err = stream.NewStore(ctx, js, stream.Config{Name: c.sc.Name, Registry: testRegistry(t)})
+			require.ErrorIs(t, err, stream.ErrStoreConfig)
+			assert.Contains(t, err.Error(), c.want)
+		})
+	}
+}
+
+func TestStoreSetupUpgradesCompatibleStream(t *testing.T) {
+	srv := embedded.RunServer(t)
+	_, js := embedded.MustJetStream(t, srv)
+	ctx := context.Background()
+	_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "carts", Subjects: []string{"carts.>"}})
+	require.NoError(t, err)
+	_, err = stream.OpenStore(ctx, js, stream.Config{Name: "carts", Registry: testRegistry(t)})
+	require.ErrorIs(t, err, stream.ErrStoreConfig, "OpenStore must not change the stream, and it lacks atomic publish")
+	newJSStore(t, js)
+	s, err := js.Stream(ctx, "carts")
+	require.NoError(t, err)
+	assert.True(t, s.CachedInfo().Config.AllowAtomicPublish)
+	assert.True(t, s.CachedInfo().Config.AllowDirect)
+	_, err = stream.OpenStore(ctx, js, stream.Config{Name: "carts", Registry: testRegistry(t)})
+	require.NoError(t, err)
+}
+
+func TestOpenStoreMissingStream(t *testing.T) {
+	srv := embedded.RunServer(t)
+	_, js := embedded.MustJetStream(t, srv)
+	_, err := stream.OpenStore(context.Background(), js, stream.Config{Name: "nope", Registry: testRegistry(t)})
+	require.ErrorIs(t, err, stream.ErrNotFound)
+	assert.Contains(t, err.Error(), `"nope"`)
+}
+
+func TestStoreMissingStreamAfterDelete(t *testing.T) {
+	srv := embedded.RunServer(t)
+	_, js := embedded.MustJetStream(t, srv)
+	ctx := context.Background()
+	st := newJSStore(t, js)
+	require.NoError(t, js.DeleteStream(ctx, "carts"))
+	agg := stream.Aggregate{Type: "cart", ID: "1"}
+	_, err := st.Append(ctx, agg, stream.ExpectNone(), []stream.EventData{{Data: itemAdded{SKU: "a", Qty: 1}}}, stream.WithMaxAttempts(2))
+	require.ErrorIs(t, err, stream.ErrNotFound)
+	assert.Contains(t, err.Error(), "carts.cart.1")
+	for _, err := range st.Load(ctx, agg) {
+		require.ErrorIs(t, err, stream.ErrNotFound)
+	}
+	_, err = st.LastRevision(ctx, agg)
+	require.ErrorIs(t, err, stream.ErrNotFound)
+}
+
+func TestStoreAppendLoadRoundTrip(t *testing.T) {
+	srv := embedded.RunServer(t)
+	_, js := embedded.MustJetStream(t, srv)
+	ctx := context.Background()
+	st := newJSStore(t, js)
+	agg := stream.Aggregate{Type: "cart", ID: "alice@example.com"}
+	res, err := st.Append(ctx, agg, stream.ExpectNone(), []stream.EventData{{Data: itemAdded{SKU: "a", Qty: 1}}})
+	require.NoError(t, err)
+	assert.Equal(t, stream.Revision{Version: 1, Sequence: 1}, res.Last)
+	res, err = st.Append(ctx, agg, stream.ExpectRevision(res.Last), []stream.EventData{
+		{Data: itemAdded{SKU: "b", Qty: 2}}, {Data: &checkedOut{At: time.Unix(1700000000, 0).UTC()}},
+	})
+	require.NoError(t, err)
+	assert.Equal(t, stream.Revision{Version: 2, Sequence: 2}, res.First)
+	assert.Equal(t, stream.Revision{Version: 3, Sequence: 3}, res.Last)
+	evs := loadAll(t, st, agg)
+	require.Len(t, evs, 3)
+	assert.Equal(t, itemAdded{SKU: "b", Qty: 2}, evs[1].Data)
+	assert.True(t, time.Unix(1700000000, 0).Equal(evs[2].Data.(checkedOut).At))
+	assert.Equal(t, "carts.cart.alice=40example=2Ecom", evs[2].Subject)
+	rev, err := st.LastRevision(ctx, agg)
+	require.NoError(t, err)
+	assert.Equal(t, res.Last, rev)
+
+	// What the nats CLI would see: the raw message and its headers.
+	raw, err := js.Stream(ctx, "carts")
+	require.NoError(t, err)
+	m, err := raw.GetMsg(ctx, 3)
+	require.NoError(t, err)
+	assert.Equal(t, "3", m.Header.Get(stream.HeaderVersion))
+	assert.Equal(t, "CheckedOut", m.Header.Get(stream.HeaderEventType))
+	assert.Equal(t, "application/msgpack", m.Header.Get(stream.HeaderContentType))
+	assert.Equal(t, evs[2].ID, m.Header.Get(jetstream.MsgIDHeader))
+}
+
+// A retried append whose first attempt landed but whose acknowledgement was
+// lost (the connection dropped after the server stored it) is reported as
+// landed, and stored once: one event (plain publish) and three (atomic batch).
+func TestStoreRetryAfterLostAck(t *testing.T) {
+	for _, n := range []int{1, 3} {
+		t.Run(fmt.Sprintf("%d events", n), func(t *testing.T) {
+			srv := embedded.RunServer(t)
+			testLostAck(t, srv.ClientURL(), n, 1)
+		})
+	}
+}
+
+func testLostAck(t *testing.T, url string, n, replicas int) {
+	t.Helper()
+	ctx := context.Background()
+	px, err := faultproxy.New(strings.TrimPrefix(url, "nats://"))
+	require.NoError(t, err)
+	t.Cleanup(px.Close)
+	nc, err := nats.Connect(px.URL(), nats.ReconnectWait(20*time.Millisecond), nats.MaxReconnects(-1))
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	setupJS, err := jetstream.New(nc)
+	require.NoError(t, err)
+	newJSStore(t, setupJS, func(c *stream.Config) { c.Replicas = replicas })
+	// Short attempts, so that the append resends while replies are lost.
+	js, err := jetstream.New(nc, jetstream.WithDefaultTimeout(500*time.Millisecond))
+	require.NoError(t, err)
+	st, err := stream.OpenStore(ctx, js, stream.Config{Name: "carts", Registry: testRegistry(t)})
+	require.NoError(t, err)
+	agg := stream.Aggregate{Type: "cart", ID: "lost-ack"}
+	first, err := st.Append(ctx, agg, stream.ExpectNone(), []stream.EventData{{Data: itemAdded{SKU: "x", Qty: 1}}})
+	require.NoError(t, err)
+
+	// An observer on its own connection.
+	obs, err := nats.Connect(url)
+	require.NoError(t, err)
+	t.Cleanup(obs.Close)
+	ojs, err := jetstream.New(obs)
+	require.NoError(t, err)
+	ost, err := ojs.Stream(ctx, "carts")
+	require.NoError(t, err)
+
+	events := make([]stream.EventData, n)
+	for i := range events {
+		events[i] = stream.EventData{Data: itemAdded{SKU: "y", Qty: i + 1}}
+	}
+	px.SwallowReplies(true)
+	type result struct {
+		res stream.AppendResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		actx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		res, err := st.Append(actx, agg, stream.ExpectRevision(first.Last), events, stream.WithMaxAttempts(50))
+		done <- result{res, err}
+	}()
+	// Wait until the server has stored the events, then drop the connection
+	// that would have carried the ack.
+	require.Eventually(t, func() bool {
+		info, err := ost.Info(ctx)
+		return err == nil && info.State.Msgs == uint64(1+n)
+	}, 10*time.Second, 5*time.Millisecond)
+	time.Sleep(600 * time.Millisecond) // let the first attempt time out
+	px.SwallowReplies(false)
+	px.Cut()
+	r := <-done
+	require.NoError(t, r.err, "a retry of an append that landed must report success")
+	assert.Equal(t, stream.Revision{Version: 2, Sequence: 2}, r.res.First)
+	assert.Equal(t, stream.Revision{Version: uint64(1 + n), Sequence: uint64(1 + n)}, r.res.Last)
+	evs := loadAll(t, st, agg)
+	require.Len(t, evs, 1+n, "stored once")
+	for i, ev := range evs {
+		assert.EqualValues(t, i+1, ev.Version)
+	}
+	info, err := ost.Info(ctx)
+	require.NoError(t, err)
+	assert.EqualValues(t, 1+n, info.State.Msgs)
+}
+
+func TestStoreSurvivesServerRestart(t *testing.T) {
+	srv := embedded.RunServer(t)
+	ctx := context.Background()
+	agg := stream.Aggregate{Type: "cart", ID: "durable"}
+	func() {
+		nc, err := srv.Connect()
+		require.NoError(t, err)
+		defer nc.Close()
+		js, err := jetstream.New(nc)
+		require.NoError(t, err)
+		st := newJSStore(t, js)
+		rev := stream.Revision{}
+		for i := range 10 {
+			res, err := st.Append(ctx, agg, stream.ExpectRevision(rev), []stream.EventData{{Data: itemAdded{SKU: "s", Qty: i}}})
+			require.NoError(t, err)
+			rev = res.Last
+		}
+	}()
+	require.NoError(t, srv.Restart())
+	_, js := embedded.MustJetStream(t, srv)
+	st := newJSStore(t, js)
+	evs := loadAll(t, st, agg)
+	require.Len(t, evs, 10)
+	for i, ev := range evs {
+		assert.Equal(t, itemAdded{SKU: "s", Qty: i}, ev.Data)
+		assert.EqualValues(t, i+1, ev.Version)
+	}
+}
