@@ -1,8 +1,10 @@
 package stream_test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -193,27 +195,41 @@ func TestStoreRetryAfterLostAck(t *testing.T) {
 	for _, n := range []int{1, 3} {
 		t.Run(fmt.Sprintf("%d events", n), func(t *testing.T) {
 			srv := embedded.RunServer(t)
-			testLostAck(t, srv.ClientURL(), n, 1)
+			testLostAck(t, srv.ClientURL(), n, 1, "carts")
 		})
 	}
 }
 
-func testLostAck(t *testing.T, url string, n, replicas int) {
+// The same on an R3 stream in a 3-node cluster, where a resend within the
+// duplicate window is answered with a duplicate ack.
+func TestStoreRetryAfterLostAckR3(t *testing.T) {
+	if testing.Short() {
+		t.Skip("3-node cluster: skipped with -short")
+	}
+	c := embedded.RunCluster(t)
+	for _, n := range []int{1, 3} {
+		t.Run(fmt.Sprintf("%d events", n), func(t *testing.T) {
+			testLostAck(t, c.ClientURLs()[n%3], n, 3, fmt.Sprintf("carts%d", n))
+		})
+	}
+}
+
+func testLostAck(t *testing.T, url string, n, replicas int, name string) {
 	t.Helper()
 	ctx := context.Background()
 	px, err := faultproxy.New(strings.TrimPrefix(url, "nats://"))
 	require.NoError(t, err)
 	t.Cleanup(px.Close)
-	nc, err := nats.Connect(px.URL(), nats.ReconnectWait(20*time.Millisecond), nats.MaxReconnects(-1))
+	nc, err := nats.Connect(px.URL(), nats.ReconnectWait(20*time.Millisecond), nats.MaxReconnects(-1), nats.IgnoreDiscoveredServers())
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)
 	setupJS, err := jetstream.New(nc)
 	require.NoError(t, err)
-	newJSStore(t, setupJS, func(c *stream.Config) { c.Replicas = replicas })
+	newJSStore(t, setupJS, func(c *stream.Config) { c.Replicas = replicas; c.Name = name })
 	// Short attempts, so that the append resends while replies are lost.
 	js, err := jetstream.New(nc, jetstream.WithDefaultTimeout(500*time.Millisecond))
 	require.NoError(t, err)
-	st, err := stream.OpenStore(ctx, js, stream.Config{Name: "carts", Registry: testRegistry(t)})
+	st, err := stream.OpenStore(ctx, js, stream.Config{Name: name, Registry: testRegistry(t)})
 	require.NoError(t, err)
 	agg := stream.Aggregate{Type: "cart", ID: "lost-ack"}
 	first, err := st.Append(ctx, agg, stream.ExpectNone(), []stream.EventData{{Data: itemAdded{SKU: "x", Qty: 1}}})
@@ -225,7 +241,7 @@ func testLostAck(t *testing.T, url string, n, replicas int) {
 	t.Cleanup(obs.Close)
 	ojs, err := jetstream.New(obs)
 	require.NoError(t, err)
-	ost, err := ojs.Stream(ctx, "carts")
+	ost, err := ojs.Stream(ctx, name)
 	require.NoError(t, err)
 
 	events := make([]stream.EventData, n)
@@ -255,6 +271,7 @@ func testLostAck(t *testing.T, url string, n, replicas int) {
 	px.Cut()
 	r := <-done
 	require.NoError(t, r.err, "a retry of an append that landed must report success")
+	assert.True(t, r.res.Duplicate, "the resend found the events already stored")
 	assert.Equal(t, stream.Revision{Version: 2, Sequence: 2}, r.res.First)
 	assert.Equal(t, stream.Revision{Version: uint64(1 + n), Sequence: uint64(1 + n)}, r.res.Last)
 	evs := loadAll(t, st, agg)
@@ -294,4 +311,44 @@ func TestStoreSurvivesServerRestart(t *testing.T) {
 		assert.Equal(t, itemAdded{SKU: "s", Qty: i}, ev.Data)
 		assert.EqualValues(t, i+1, ev.Version)
 	}
+}
+
+// A server older than 2.12 (no atomic batch publish) is refused before any
+// JetStream request. The "server" here only speaks the NATS handshake and
+// announces version 2.10.0.
+func TestStoreRefusesOldServer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				fmt.Fprintf(c, "INFO {\"server_id\":\"old\",\"version\":\"2.10.0\",\"proto\":1,\"headers\":true,\"max_payload\":1048576}\r\n")
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if strings.HasPrefix(line, "PING") {
+						fmt.Fprintf(c, "PONG\r\n")
+					}
+				}
+			}()
+		}
+	}()
+	nc, err := nats.Connect("nats://" + ln.Addr().String())
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	_, err = stream.NewStore(context.Background(), js, stream.Config{Name: "carts", Registry: testRegistry(t)})
+	require.ErrorIs(t, err, stream.ErrStoreConfig)
+	assert.Contains(t, err.Error(), "2.10.0")
+	assert.Contains(t, err.Error(), "2.12.0")
 }
