@@ -114,6 +114,7 @@ func (s *Store) prepare(reqs []AppendRequest) ([]*prepared, error) {
 	}
 	total := 0
 	seen := make(map[Aggregate]bool, len(reqs))
+	seenID := make(map[string]bool)
 	ps := make([]*prepared, len(reqs))
 	for i, r := range reqs {
 		if err := ValidateName("aggregate type", r.Aggregate.Type); err != nil {
@@ -142,6 +143,12 @@ func (s *Store) prepare(reqs []AppendRequest) ([]*prepared, error) {
 				}
 				p.ids[j] = ev.ID
 			}
+		}
+		for _, id := range p.ids {
+			if seenID[id] {
+				return nil, &Error{Op: "append", Subject: p.filter, Err: fmt.Errorf("%w: event id %q appears twice in one append", ErrInvalidID, id)}
+			}
+			seenID[id] = true
 		}
 		ps[i] = p
 	}
@@ -328,25 +335,25 @@ func (s *Store) publish(ctx context.Context, msgs []*nats.Msg) (uint64, bool, er
 // verify asks the stream leader what follows each aggregate's expected
 // revision. landed: the first aggregate's first event is there, so the
 // whole atomic append landed at firstSeq. conflict: another writer's event
-// follows an expected revision. Neither: nothing has been written after the
-// expected revisions yet.
+// follows an expected revision, or the aggregate is not where it was
+// expected at all. Neither: nothing has been written after the expected
+// revisions yet (a competing or our own write may be in flight).
 func (s *Store) verify(ctx context.Context, ps []*prepared) (landed bool, firstSeq uint64, conflict error, err error) {
 	for i, p := range ps {
 		m, err := s.leaderGet(ctx, msgGetRequest{Seq: p.rev.Sequence + 1, NextBySubj: p.filter})
 		if err != nil {
 			return false, 0, nil, err
 		}
-		if m == nil {
-			continue
-		}
-		if i == 0 && m.Header.Get(HeaderEventID) == p.ids[0] {
+		if m != nil && i == 0 && m.Header.Get(HeaderEventID) == p.ids[0] {
 			return true, m.Sequence, nil, nil
 		}
-		ce := &ConflictError{Aggregate: p.agg, Expected: p.rev}
-		if last, err := s.lastRevision(ctx, p.filter); err == nil {
-			ce.Actual, ce.ActualKnown = last, true
+		last, err := s.lastRevision(ctx, p.filter)
+		if err != nil {
+			return false, 0, nil, err
 		}
-		return false, 0, ce, nil
+		if m != nil || last.Sequence != p.rev.Sequence {
+			return false, 0, &ConflictError{Aggregate: p.agg, Expected: p.rev, Actual: last, ActualKnown: true}, nil
+		}
 	}
 	return false, 0, nil, nil
 }

@@ -352,3 +352,37 @@ func TestStoreRefusesOldServer(t *testing.T) {
 	assert.Contains(t, err.Error(), "2.10.0")
 	assert.Contains(t, err.Error(), "2.12.0")
 }
+
+func TestStoreRejectsRepeatedEventIDs(t *testing.T) {
+	srv := embedded.RunServer(t)
+	_, js := embedded.MustJetStream(t, srv)
+	st := newJSStore(t, js)
+	ctx := context.Background()
+	ev := stream.EventData{ID: "same", Data: itemAdded{SKU: "a", Qty: 1}}
+	_, err := st.Append(ctx, stream.Aggregate{Type: "cart", ID: "1"}, stream.ExpectNone(), []stream.EventData{ev, ev})
+	require.ErrorIs(t, err, stream.ErrInvalidID)
+	_, err = st.AppendBatch(ctx, []stream.AppendRequest{
+		{Aggregate: stream.Aggregate{Type: "cart", ID: "1"}, Expect: stream.ExpectNone(), Events: []stream.EventData{ev}},
+		{Aggregate: stream.Aggregate{Type: "cart", ID: "2"}, Expect: stream.ExpectNone(), Events: []stream.EventData{ev}},
+	})
+	require.ErrorIs(t, err, stream.ErrInvalidID)
+	assert.Contains(t, err.Error(), `"same"`)
+}
+
+// An expectation ahead of the aggregate (for example a revision from another
+// store) is a conflict naming the actual revision, not a retry loop.
+func TestStoreExpectationAheadOfAggregate(t *testing.T) {
+	srv := embedded.RunServer(t)
+	_, js := embedded.MustJetStream(t, srv)
+	st := newJSStore(t, js)
+	ctx := context.Background()
+	agg := stream.Aggregate{Type: "cart", ID: "behind"}
+	res, err := st.Append(ctx, agg, stream.ExpectNone(), []stream.EventData{{Data: itemAdded{SKU: "a", Qty: 1}}})
+	require.NoError(t, err)
+	_, err = st.Append(ctx, agg, stream.ExpectRevision(stream.Revision{Version: 5, Sequence: 50}), []stream.EventData{{Data: itemAdded{SKU: "b", Qty: 1}}})
+	var ce *stream.ConflictError
+	require.ErrorAs(t, err, &ce)
+	assert.True(t, ce.ActualKnown)
+	assert.Equal(t, res.Last, ce.Actual)
+	assert.Len(t, loadAll(t, st, agg), 1)
+}
