@@ -269,6 +269,12 @@ func (s *Store) send(ctx context.Context, ps []*prepared, o appendOptions) ([]Ap
 			case conflict != nil:
 				return nil, conflict
 			}
+			if apiCode(err) == codeBatchDuplicateID {
+				// The server already holds our event ids, but not right
+				// after the expected revision: an earlier append with the
+				// same ids landed before it (a repeated ExpectAny append).
+				return s.findLanded(pctx, ps)
+			}
 			// Nothing follows the expected revision: a competing write
 			// was in flight (10164) or ours still is. Resend.
 		case classAmbiguous:
@@ -298,7 +304,48 @@ func (s *Store) send(ctx context.Context, ps []*prepared, o appendOptions) ([]Ap
 	if uncertain {
 		return nil, s.indeterminate(first, true, lastErr)
 	}
+	if classify(lastErr) == classConflict {
+		// Competing writes kept the aggregate busy (10164) through every
+		// attempt, and none of ours can be in flight: a conflict.
+		last, err := s.lastRevision(context.WithoutCancel(ctx), ps[0].filter)
+		ce := &ConflictError{Aggregate: ps[0].agg, Expected: ps[0].rev, Actual: last, ActualKnown: err == nil}
+		return nil, ce
+	}
 	return nil, &Error{Op: "append", Subject: first, Err: lastErr}
+}
+
+const codeBatchDuplicateID = 10201
+
+func apiCode(err error) jetstream.ErrorCode {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.ErrorCode
+	}
+	return 0
+}
+
+// findLanded finds the events of an append whose ids the server reports as
+// already stored: they are within the duplicate window, so it reads the
+// first aggregate's events of that window and looks for the first id.
+func (s *Store) findLanded(ctx context.Context, ps []*prepared) ([]AppendResult, error) {
+	p := ps[0]
+	since := time.Now().Add(-s.cfg.Duplicates - time.Minute)
+	for attempt := 1; attempt <= 5; attempt++ {
+		raws, err := s.getBatchSince(ctx, p.filter, since)
+		if err != nil {
+			return nil, &Error{Op: "append", Subject: p.filter, Err: fmt.Errorf("%w: the server holds these event ids, but reading where failed: %v", ErrIndeterminate, err)}
+		}
+		for _, m := range raws {
+			if m.Header.Get(HeaderEventID) == p.ids[0] {
+				return s.landedAt(ctx, ps, m.Sequence)
+			}
+		}
+		// A replica answering direct gets may not have them yet.
+		if err := backoff(ctx, attempt); err != nil {
+			break
+		}
+	}
+	return nil, &Error{Op: "append", Subject: p.filter, Err: fmt.Errorf("%w: event id %q is already stored for another aggregate within the duplicate window", ErrInvalidID, p.ids[0])}
 }
 
 func (s *Store) noStream(subject string, err error) error {
@@ -368,12 +415,27 @@ func (s *Store) landedAt(ctx context.Context, ps []*prepared, firstSeq uint64) (
 	if err != nil {
 		return nil, &Error{Op: "append", Subject: ps[0].filter, Sequence: firstSeq, Err: fmt.Errorf("%w: stored as a duplicate, but reading it back failed: %v", ErrIndeterminate, err)}
 	}
-	rev, err := revisionOf(m)
-	if err != nil {
-		return nil, err
+	if m.Subject != ps[0].filter || m.Header.Get(HeaderEventID) != ps[0].ids[0] {
+		return nil, &Error{Op: "append", Subject: ps[0].filter, Sequence: firstSeq,
+			Err: fmt.Errorf("%w: event id %q is already stored on %s within the duplicate window", ErrInvalidID, ps[0].ids[0], m.Subject)}
 	}
-	ps[0].rev.Version = rev.Version - 1
-	return results(ps, firstSeq, true), nil
+	out := results(ps, firstSeq, true)
+	// Versions as stored: read the first event of each aggregate.
+	for i := range ps {
+		if i > 0 {
+			if m, err = s.leaderGet(ctx, msgGetRequest{Seq: out[i].First.Sequence}); err != nil || m == nil {
+				return nil, &Error{Op: "append", Subject: ps[i].filter, Sequence: out[i].First.Sequence, Err: fmt.Errorf("%w: stored as a duplicate, but reading it back failed: %v", ErrIndeterminate, err)}
+			}
+		}
+		rev, err := revisionOf(m)
+		if err != nil {
+			return nil, err
+		}
+		n := out[i].Last.Version - out[i].First.Version
+		out[i].First.Version = rev.Version
+		out[i].Last.Version = rev.Version + n
+	}
+	return out, nil
 }
 
 // results computes each aggregate's revisions: an atomic batch occupies

@@ -40,8 +40,23 @@ const (
 )
 
 // leaderGet fetches one message from the stream leader. It returns
-// (nil, nil) when no message matches.
+// (nil, nil) when no message matches. A leader election in progress (no
+// responders, 503) is waited out for a few attempts.
 func (s *Store) leaderGet(ctx context.Context, req msgGetRequest) (*rawMessage, error) {
+	for attempt := 1; ; attempt++ {
+		m, err := s.leaderGetOnce(ctx, req)
+		var apiErr *jetstream.APIError
+		transient := errors.Is(err, nats.ErrNoResponders) || errors.As(err, &apiErr) && apiErr.Code == 503
+		if !transient || attempt >= 4 {
+			return m, err
+		}
+		if berr := backoff(ctx, attempt+2); berr != nil {
+			return m, err
+		}
+	}
+}
+
+func (s *Store) leaderGetOnce(ctx context.Context, req msgGetRequest) (*rawMessage, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"iter"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -175,6 +176,31 @@ func (s *Store) getBatch(ctx context.Context, filter string, seq uint64, batch i
 		return nil, false, &Error{Op: "read", Subject: filter, Sequence: seq, Err: fmt.Errorf("%w: no answer from the server", nats.ErrTimeout)}
 	}
 	return raws, pending > 0, nil
+}
+
+// getBatchSince reads the messages of filter stored since t (a few hundred
+// at most: callers use it for the duplicate window of one aggregate).
+func (s *Store) getBatchSince(ctx context.Context, filter string, t time.Time) ([]rawMessage, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.js.Options().DefaultTimeout)
+		defer cancel()
+	}
+	it, err := jetstreamext.GetBatch(ctx, s.js, s.cfg.Name, MaxBatch, jetstreamext.GetBatchSubject(filter), jetstreamext.GetBatchStartTime(t), jetstreamext.GetBatchMaxBytes(readMaxBytes))
+	if err != nil {
+		return nil, err
+	}
+	var raws []rawMessage
+	for m, err := range it {
+		if errors.Is(err, jetstreamext.ErrNoMessages) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		raws = append(raws, rawMessage{Subject: m.Subject, Sequence: m.Sequence, Header: m.Header, Data: m.Data})
+	}
+	return raws, nil
 }
 
 func (s *Store) readErr(ctx context.Context, filter string, seq uint64, err error) error {

@@ -1,0 +1,33 @@
+// Package aggregate keeps business objects as event-sourced aggregates on an
+// esnats event store.
+//
+// An aggregate is a plain Go type that embeds Root and has an Apply method.
+// Events are facts, named in the past tense (ItemAdded, not AddItem); only
+// Apply changes state; a command is a method that checks the current state
+// and then Records events, which are applied at once so that later checks in
+// the same command see them. A command that returns an error records nothing.
+// An aggregate that was never written starts from the state New returns for
+// its id: entities are not created explicitly.
+//
+// The functional style (State, Functional, Decide) expresses the same thing
+// as a state value, an evolve function and decide functions, on the same
+// Root and Repository.
+//
+// A Repository loads aggregates (from a snapshot plus the events after it,
+// or by replaying the history), saves their recorded events atomically with
+// the store's concurrency check, and runs commands with Update: load, run,
+// save, and on a conflict load again and rerun, a bounded number of times
+// with jittered backoff. Create requires a new aggregate; Delete records a
+// Terminal event, after which commands fail with ErrDeleted while reads
+// still work. A bounded cache of recently used aggregates makes a hot
+// aggregate cost no reload per command; a stale cached copy is caught by the
+// concurrency check and reloaded.
+//
+// Snapshots (package kv) are taken every SnapshotEvery events (default 100)
+// in the background: a snapshot write never delays or fails a command, never
+// regresses, and a snapshot that is corrupt or of an older state schema
+// (SnapshotSchema) is ignored and replaced. A snapshot is a cache: losing it
+// loses nothing.
+//
+// Package aggregatetest tests aggregates without any server.
+package aggregate

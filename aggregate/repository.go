@@ -1,0 +1,415 @@
+package aggregate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/esnats/esnats/kv"
+	"github.com/esnats/esnats/stream"
+)
+
+var (
+	// ErrDeleted is returned for a command on an aggregate whose last event
+	// is Terminal. Its history can still be loaded.
+	ErrDeleted = errors.New("esnats: aggregate deleted")
+
+	// ErrExists is returned by Create when the aggregate already has events.
+	ErrExists = errors.New("esnats: aggregate already exists")
+
+	// ErrNoEvents is returned by Delete when the event given is not Terminal.
+	ErrNotTerminal = errors.New("esnats: event does not implement aggregate.Terminal")
+)
+
+// Defaults applied to a zero Config.
+const (
+	DefaultSnapshotEvery = 100
+	DefaultCacheSize     = 1024
+	DefaultMaxAttempts   = 10
+)
+
+// Config configures a Repository. Store, Type and New are required; the
+// zero value of every other field means its documented default.
+type Config[A Aggregate] struct {
+	// Store is the event store (a *stream.Store or a *stream.MemoryStore).
+	Store stream.EventStore
+	// Type is the aggregate type name, e.g. "cart": the subject token of
+	// its instances (stream.ValidateName rules).
+	Type string
+	// New returns a new, empty aggregate for id: its state before any
+	// event. It must return a fresh instance on every call.
+	New func(id string) A
+
+	// Snapshots stores snapshots (kv.NewStore for a JetStream KV bucket,
+	// kv.NewMemory in tests). Nil: no snapshots, every load replays the
+	// whole history.
+	Snapshots kv.Snapshots
+	// SnapshotEvery takes a snapshot when a save crosses a multiple of this
+	// many versions. Default 100; negative disables snapshots.
+	SnapshotEvery int
+	// SnapshotWhen, if set, decides instead of SnapshotEvery: it gets the
+	// aggregate after a save and the number of events just saved.
+	SnapshotWhen func(a A, saved int) bool
+	// SnapshotSchema is the schema version of the aggregate's state. Raise
+	// it when the state's shape changes: older snapshots are then ignored
+	// (and replaced), never decoded into the new shape. Default 1.
+	SnapshotSchema int
+	// SnapshotCodec encodes the aggregate's exported fields. Default msgpack
+	// (field names from json tags).
+	SnapshotCodec stream.Codec
+
+	// CacheSize bounds the number of recently used aggregates kept in memory,
+	// so that a hot aggregate costs no reload per command; a stale cached
+	// aggregate is caught by the concurrency check and reloaded. Default
+	// 1024; negative disables the cache.
+	CacheSize int
+	// MaxAttempts bounds how often Update runs a command that hits a
+	// concurrency conflict. Default 10.
+	MaxAttempts int
+	// Logger receives what an operator needs (snapshots ignored or failed).
+	// Default: discard.
+	Logger *slog.Logger
+}
+
+// Repository loads and saves aggregates of one type. It is safe for
+// concurrent use; each aggregate instance it returns belongs to the caller
+// until it is saved.
+type Repository[A Aggregate] struct {
+	cfg    Config[A]
+	store  stream.EventStore
+	cache  *lru[A]
+	log    *slog.Logger
+	snapWG sync.WaitGroup
+	snapMu sync.Mutex
+	snapIn map[string]bool // aggregates with a snapshot write in flight
+}
+
+// NewRepository validates cfg and returns a repository.
+func NewRepository[A Aggregate](cfg Config[A]) (*Repository[A], error) {
+	if cfg.Store == nil || cfg.New == nil {
+		return nil, errors.New("aggregate: Config.Store and Config.New are required")
+	}
+	if err := stream.ValidateName("aggregate type", cfg.Type); err != nil {
+		return nil, err
+	}
+	if cfg.SnapshotEvery == 0 {
+		cfg.SnapshotEvery = DefaultSnapshotEvery
+	}
+	if cfg.SnapshotSchema == 0 {
+		cfg.SnapshotSchema = 1
+	}
+	if cfg.SnapshotCodec == nil {
+		cfg.SnapshotCodec = stream.Msgpack()
+	}
+	if cfg.CacheSize == 0 {
+		cfg.CacheSize = DefaultCacheSize
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = DefaultMaxAttempts
+	}
+	r := &Repository[A]{cfg: cfg, store: cfg.Store, log: cfg.Logger, snapIn: map[string]bool{}}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.CacheSize > 0 {
+		r.cache = newLRU[A](cfg.CacheSize)
+	}
+	return r, nil
+}
+
+func (r *Repository[A]) ref(id string) stream.Aggregate {
+	return stream.Aggregate{Type: r.cfg.Type, ID: id}
+}
+
+// Load returns the aggregate with every stored event applied: from the
+// cache when it holds it (no I/O), else from the latest usable snapshot plus
+// the events after it, else by replaying the whole history. An aggregate
+// with no events is returned in its initial state (version 0). The instance
+// belongs to the caller; Save it to record changes.
+//
+// Errors: stream.ErrInvalidID for a bad id (before I/O); the store's errors
+// (stream.ErrNotFound for a missing stream, stream.ErrDecode and others for
+// events that cannot be decoded, naming subject and sequence).
+func (r *Repository[A]) Load(ctx context.Context, id string) (A, error) {
+	if a, ok := r.cache.take(id); ok {
+		return a, nil
+	}
+	return r.load(ctx, id)
+}
+
+// load reads the aggregate from the snapshot store and the event store.
+func (r *Repository[A]) load(ctx context.Context, id string) (A, error) {
+	ref := r.ref(id)
+	if err := ref.Validate(); err != nil {
+		var zero A
+		return zero, err
+	}
+	a, fromSnap := r.fromSnapshot(ctx, ref)
+	var opts []stream.ReadOption
+	if fromSnap {
+		opts = append(opts, stream.FromSequence(a.root().sequence+1))
+	}
+	replayed := 0
+	for ev, err := range r.store.Load(ctx, ref, opts...) {
+		if err != nil {
+			var zero A
+			return zero, err
+		}
+		if err := applyStored(a, ev); err != nil {
+			var zero A
+			return zero, err
+		}
+		replayed++
+	}
+	if r.cfg.Snapshots != nil && !fromSnap && replayed > 0 && r.cfg.SnapshotEvery > 0 && replayed >= r.cfg.SnapshotEvery {
+		// No usable snapshot (none, ignored, or corrupt) and a long history:
+		// take one now so the next load is short.
+		r.snapshot(a)
+	}
+	return a, nil
+}
+
+// fromSnapshot returns a new aggregate restored from its snapshot, or a new
+// empty one (false) when there is no usable snapshot.
+func (r *Repository[A]) fromSnapshot(ctx context.Context, ref stream.Aggregate) (A, bool) {
+	a := New(r.cfg.New(ref.ID), ref.ID)
+	if r.cfg.Snapshots == nil || r.cfg.SnapshotEvery < 0 && r.cfg.SnapshotWhen == nil {
+		return a, false
+	}
+	snap, ok, err := r.cfg.Snapshots.Get(ctx, ref)
+	if err != nil {
+		r.log.Warn("esnats: ignoring snapshot", "aggregate", ref.String(), "error", err)
+		return a, false
+	}
+	if !ok {
+		return a, false
+	}
+	if snap.StateType != r.cfg.Type || snap.SchemaVersion != r.cfg.SnapshotSchema || snap.Version == 0 {
+		r.log.Info("esnats: ignoring snapshot of another state schema", "aggregate", ref.String(),
+			"state_type", snap.StateType, "schema", snap.SchemaVersion, "want_schema", r.cfg.SnapshotSchema)
+		return a, false
+	}
+	codec, ok := r.codecFor(snap.ContentType)
+	if !ok {
+		r.log.Warn("esnats: ignoring snapshot with unknown content type", "aggregate", ref.String(), "content_type", snap.ContentType)
+		return a, false
+	}
+	if err := codec.Unmarshal(snap.State, a); err != nil {
+		r.log.Warn("esnats: ignoring undecodable snapshot", "aggregate", ref.String(), "version", snap.Version, "error", err)
+		return New(r.cfg.New(ref.ID), ref.ID), false
+	}
+	root := a.root()
+	root.version, root.sequence = snap.Version, snap.Sequence
+	return a, true
+}
+
+func (r *Repository[A]) codecFor(ct string) (stream.Codec, bool) {
+	if ct == "" || ct == r.cfg.SnapshotCodec.ContentType() {
+		return r.cfg.SnapshotCodec, true
+	}
+	switch ct {
+	case stream.Msgpack().ContentType():
+		return stream.Msgpack(), true
+	case stream.JSON().ContentType():
+		return stream.JSON(), true
+	}
+	return nil, false
+}
+
+// Save appends the aggregate's recorded events atomically, expecting the
+// revision it was loaded at: if another writer saved the aggregate since,
+// nothing is written and the error matches stream.ErrConflict (load again
+// and rerun the command). On success the aggregate is at its new revision
+// and a snapshot is written in the background when the policy says so (its
+// failure never fails the save). Saving an aggregate with no recorded events
+// does nothing. The instance stays the caller's (it is not cached; Update
+// caches the instances it saves).
+func (r *Repository[A]) Save(ctx context.Context, a A, opts ...stream.AppendOption) error {
+	return r.save(ctx, a, false, opts)
+}
+
+func (r *Repository[A]) save(ctx context.Context, a A, cache bool, opts []stream.AppendOption) error {
+	root := a.root()
+	if root.deletedAt != 0 && root.deletedAt < root.version {
+		return fmt.Errorf("%w: %s: events recorded after its terminal event (version %d)", ErrDeleted, r.ref(root.id), root.deletedAt)
+	}
+	if len(root.pending) == 0 {
+		return nil
+	}
+	events := make([]stream.EventData, len(root.pending))
+	for i, e := range root.pending {
+		events[i] = stream.EventData{Data: e}
+	}
+	res, err := r.store.Append(ctx, r.ref(root.id), stream.ExpectRevision(root.Revision()), events, opts...)
+	if err != nil {
+		r.cache.drop(root.id)
+		return err
+	}
+	n := len(root.pending)
+	before := root.version - uint64(n)
+	root.committed(res.Last.Sequence)
+	if r.wantSnapshot(a, before, n) {
+		r.snapshot(a)
+	}
+	if cache {
+		r.cache.put(root.id, a)
+	}
+	return nil
+}
+
+func (r *Repository[A]) wantSnapshot(a A, before uint64, saved int) bool {
+	if r.cfg.Snapshots == nil {
+		return false
+	}
+	if r.cfg.SnapshotWhen != nil {
+		return r.cfg.SnapshotWhen(a, saved)
+	}
+	if r.cfg.SnapshotEvery <= 0 {
+		return false
+	}
+	every := uint64(r.cfg.SnapshotEvery)
+	return before/every != a.root().version/every
+}
+
+// snapshot encodes a's state now (the caller may change a afterwards) and
+// writes it in the background. At most one write per aggregate is in flight;
+// a snapshot that cannot be taken is logged and skipped.
+func (r *Repository[A]) snapshot(a A) {
+	root := a.root()
+	if root.deletedAt != 0 {
+		return // the Terminal event must be replayed to be seen
+	}
+	state, err := r.cfg.SnapshotCodec.Marshal(a)
+	if err != nil {
+		r.log.Warn("esnats: cannot encode snapshot", "aggregate", r.ref(root.id).String(), "error", err)
+		return
+	}
+	snap := kv.Snapshot{
+		Aggregate:     r.ref(root.id),
+		Version:       root.version,
+		Sequence:      root.sequence,
+		StateType:     r.cfg.Type,
+		SchemaVersion: r.cfg.SnapshotSchema,
+		ContentType:   r.cfg.SnapshotCodec.ContentType(),
+		State:         state,
+		Time:          time.Now().UTC(),
+	}
+	r.snapMu.Lock()
+	if r.snapIn[root.id] {
+		r.snapMu.Unlock()
+		return // a newer save will take the next one
+	}
+	r.snapIn[root.id] = true
+	r.snapMu.Unlock()
+	r.snapWG.Add(1)
+	go func() {
+		defer r.snapWG.Done()
+		defer func() {
+			r.snapMu.Lock()
+			delete(r.snapIn, snap.Aggregate.ID)
+			r.snapMu.Unlock()
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := r.cfg.Snapshots.Put(ctx, snap); err != nil {
+			r.log.Warn("esnats: snapshot not written", "aggregate", snap.Aggregate.String(), "version", snap.Version, "error", err)
+		}
+	}()
+}
+
+// Flush waits for background snapshot writes to finish.
+func (r *Repository[A]) Flush() { r.snapWG.Wait() }
+
+// Update loads the aggregate, runs the command fn on it and saves the events
+// it recorded, atomically with the concurrency check. When another writer
+// got in first, it loads the aggregate again and reruns fn, up to
+// MaxAttempts times with jittered backoff; the error after the last attempt
+// says so and matches stream.ErrConflict. fn must decide from the aggregate
+// only (it may run more than once). An error from fn rejects the command:
+// nothing is saved and the error is returned as is. A command on a deleted
+// aggregate fails with ErrDeleted without running fn.
+//
+// opts are passed to the append (correlation id, metadata, ...).
+//
+// fn must not keep a after it returns: the saved instance is cached for the
+// next command on the same aggregate.
+func (r *Repository[A]) Update(ctx context.Context, id string, fn func(A) error, opts ...stream.AppendOption) error {
+	return r.run(ctx, id, fn, false, opts)
+}
+
+// Create is Update for an aggregate that must be new: it fails with
+// ErrExists when the aggregate already has events.
+func (r *Repository[A]) Create(ctx context.Context, id string, fn func(A) error, opts ...stream.AppendOption) error {
+	return r.run(ctx, id, fn, true, opts)
+}
+
+// Delete records the Terminal event ev and saves it: later commands fail
+// with ErrDeleted; Load still returns the aggregate and its history.
+// Errors: ErrNotTerminal when ev does not implement Terminal; those of
+// Update.
+func (r *Repository[A]) Delete(ctx context.Context, id string, ev any, opts ...stream.AppendOption) error {
+	if _, ok := deref(ev).(Terminal); !ok {
+		return fmt.Errorf("%w: %T", ErrNotTerminal, ev)
+	}
+	return r.Update(ctx, id, func(a A) error { a.root().Record(ev); return nil }, opts...)
+}
+
+func (r *Repository[A]) run(ctx context.Context, id string, fn func(A) error, mustBeNew bool, opts []stream.AppendOption) error {
+	for attempt := 1; ; attempt++ {
+		var a A
+		var err error
+		if attempt == 1 {
+			a, err = r.Load(ctx, id)
+		} else {
+			a, err = r.load(ctx, id) // the cached copy was stale
+		}
+		if err != nil {
+			return err
+		}
+		root := a.root()
+		if mustBeNew && root.version > 0 {
+			r.cache.put(id, a)
+			return fmt.Errorf("%w: %s at %s", ErrExists, r.ref(id), root.Revision())
+		}
+		if root.deletedAt != 0 {
+			r.cache.put(id, a)
+			return fmt.Errorf("%w: %s", ErrDeleted, r.ref(id))
+		}
+		if err := fn(a); err != nil {
+			if len(root.pending) == 0 {
+				r.cache.put(id, a)
+			} // else: events were applied; the instance is spoilt
+			return err
+		}
+		err = r.save(ctx, a, true, opts)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, stream.ErrConflict) {
+			return err
+		}
+		if attempt >= r.cfg.MaxAttempts {
+			return fmt.Errorf("aggregate %s: command still conflicting after %d attempts: %w", r.ref(id), attempt, err)
+		}
+		if err := sleepJitter(ctx, attempt); err != nil {
+			return err
+		}
+	}
+}
+
+// sleepJitter waits 1ms doubling to 100ms, with full jitter.
+func sleepJitter(ctx context.Context, attempt int) error {
+	d := min(time.Millisecond<<min(attempt-1, 7), 100*time.Millisecond)
+	t := time.NewTimer(rand.N(d) + 1)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
