@@ -12,9 +12,9 @@ all: lint test
 test:
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 
-## demo: a small event store demo on an embedded NATS server, no set-up
+## demo: the shopping-cart example on an embedded NATS server, no set-up
 demo:
-	$(GO) run ./examples/storedemo
+	$(GO) run ./examples/shoppingcart
 
 ## bench: benchmarks, each beside the raw JetStream operation it is built on
 bench:
@@ -31,6 +31,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzEncodeID$$' -fuzztime $(FUZZTIME) ./stream/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeID$$' -fuzztime $(FUZZTIME) ./stream/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime $(FUZZTIME) ./stream/
+	$(GO) test -run '^$$' -fuzz '^FuzzCodecUnmarshal$$' -fuzztime $(FUZZTIME) ./stream/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeSnapshot$$' -fuzztime $(FUZZTIME) ./kv/
 
 cover:
 	$(GO) test -count=1 -coverprofile=cover.out $(PKGS) && $(GO) tool cover -func=cover.out | tail -1

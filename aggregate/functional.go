@@ -32,6 +32,10 @@ func Functional[S any](initial func(id string) S, evolve func(S, any) S) func(id
 // Decide adapts a decide function and one command to the func(A) error
 // that Repository.Update runs: the events decide returns are recorded; its
 // error rejects the command and records nothing.
+//
+// When decide takes an interface of commands, Go infers C from cmd's
+// dynamic type and fails; pass cmd as the interface type
+// (Decide(decide, Command(TurnOn{}))) or give the type arguments.
 func Decide[S, C any](decide func(S, C) ([]any, error), cmd C) func(*State[S]) error {
 	return func(s *State[S]) error {
 		events, err := decide(s.State, cmd)

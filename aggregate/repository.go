@@ -21,9 +21,21 @@ var (
 	// ErrExists is returned by Create when the aggregate already has events.
 	ErrExists = errors.New("esnats: aggregate already exists")
 
-	// ErrNoEvents is returned by Delete when the event given is not Terminal.
+	// ErrNotTerminal is returned by Delete when the event given is not
+	// Terminal.
 	ErrNotTerminal = errors.New("esnats: event does not implement aggregate.Terminal")
+
+	// ErrNotDeleted is returned by Purge for an aggregate whose last event
+	// is not Terminal, or whose Terminal event is younger than the
+	// retention period.
+	ErrNotDeleted = errors.New("esnats: aggregate not deleted long enough to purge")
 )
+
+// purger is implemented by stores that can delete an aggregate's events
+// (stream.Store and stream.MemoryStore).
+type purger interface {
+	Purge(ctx context.Context, agg stream.Aggregate) error
+}
 
 // Defaults applied to a zero Config.
 const (
@@ -85,7 +97,7 @@ type Repository[A Aggregate] struct {
 	log    *slog.Logger
 	snapWG sync.WaitGroup
 	snapMu sync.Mutex
-	snapIn map[string]bool // aggregates with a snapshot write in flight
+	snapIn map[string]*kv.Snapshot // aggregates with a snapshot write in flight -> the next one to write, if any
 }
 
 // NewRepository validates cfg and returns a repository.
@@ -111,7 +123,7 @@ func NewRepository[A Aggregate](cfg Config[A]) (*Repository[A], error) {
 	if cfg.MaxAttempts <= 0 {
 		cfg.MaxAttempts = DefaultMaxAttempts
 	}
-	r := &Repository[A]{cfg: cfg, store: cfg.Store, log: cfg.Logger, snapIn: map[string]bool{}}
+	r := &Repository[A]{cfg: cfg, store: cfg.Store, log: cfg.Logger, snapIn: map[string]*kv.Snapshot{}}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
@@ -125,20 +137,43 @@ func (r *Repository[A]) ref(id string) stream.Aggregate {
 	return stream.Aggregate{Type: r.cfg.Type, ID: id}
 }
 
-// Load returns the aggregate with every stored event applied: from the
-// cache when it holds it (no I/O), else from the latest usable snapshot plus
-// the events after it, else by replaying the whole history. An aggregate
-// with no events is returned in its initial state (version 0). The instance
-// belongs to the caller; Save it to record changes.
+// Load returns the aggregate with every stored event applied: a cached
+// instance brought up to date with the events stored after it (one batched
+// read, usually empty), else the latest usable snapshot plus the events after
+// it, else a replay of the whole history. An aggregate with no events is
+// returned in its initial state (version 0). The instance belongs to the
+// caller; Save it to record changes.
+//
+// On a replicated store the events are read from any current replica, so a
+// load an instant after another process's append may not see it yet; a
+// command based on it then fails the concurrency check, never silently.
 //
 // Errors: stream.ErrInvalidID for a bad id (before I/O); the store's errors
 // (stream.ErrNotFound for a missing stream, stream.ErrDecode and others for
 // events that cannot be decoded, naming subject and sequence).
 func (r *Repository[A]) Load(ctx context.Context, id string) (A, error) {
 	if a, ok := r.cache.take(id); ok {
+		if err := r.catchUp(ctx, a); err != nil {
+			var zero A
+			return zero, err
+		}
 		return a, nil
 	}
 	return r.load(ctx, id)
+}
+
+// catchUp applies the events stored after a's revision.
+func (r *Repository[A]) catchUp(ctx context.Context, a A) error {
+	root := a.root()
+	for ev, err := range r.store.Load(ctx, r.ref(root.id), stream.FromSequence(root.sequence+1)) {
+		if err != nil {
+			return err
+		}
+		if err := applyStored(a, ev); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // load reads the aggregate from the snapshot store and the event store.
@@ -276,8 +311,9 @@ func (r *Repository[A]) wantSnapshot(a A, before uint64, saved int) bool {
 }
 
 // snapshot encodes a's state now (the caller may change a afterwards) and
-// writes it in the background. At most one write per aggregate is in flight;
-// a snapshot that cannot be taken is logged and skipped.
+// writes it in the background. At most one write per aggregate is in
+// flight; a newer snapshot taken meanwhile is written after it (only the
+// newest waits). A snapshot that cannot be taken is logged and skipped.
 func (r *Repository[A]) snapshot(a A) {
 	root := a.root()
 	if root.deletedAt != 0 {
@@ -299,24 +335,30 @@ func (r *Repository[A]) snapshot(a A) {
 		Time:          time.Now().UTC(),
 	}
 	r.snapMu.Lock()
-	if r.snapIn[root.id] {
+	if _, busy := r.snapIn[root.id]; busy {
+		r.snapIn[root.id] = &snap // written when the one in flight is done
 		r.snapMu.Unlock()
-		return // a newer save will take the next one
+		return
 	}
-	r.snapIn[root.id] = true
+	r.snapIn[root.id] = nil
 	r.snapMu.Unlock()
 	r.snapWG.Add(1)
 	go func() {
 		defer r.snapWG.Done()
-		defer func() {
+		for next := &snap; next != nil; {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			if err := r.cfg.Snapshots.Put(ctx, *next); err != nil {
+				r.log.Warn("esnats: snapshot not written", "aggregate", next.Aggregate.String(), "version", next.Version, "error", err)
+			}
+			cancel()
 			r.snapMu.Lock()
-			delete(r.snapIn, snap.Aggregate.ID)
+			next = r.snapIn[snap.Aggregate.ID]
+			if next == nil {
+				delete(r.snapIn, snap.Aggregate.ID)
+			} else {
+				r.snapIn[snap.Aggregate.ID] = nil
+			}
 			r.snapMu.Unlock()
-		}()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := r.cfg.Snapshots.Put(ctx, snap); err != nil {
-			r.log.Warn("esnats: snapshot not written", "aggregate", snap.Aggregate.String(), "version", snap.Version, "error", err)
 		}
 	}()
 }
@@ -358,14 +400,59 @@ func (r *Repository[A]) Delete(ctx context.Context, id string, ev any, opts ...s
 	return r.Update(ctx, id, func(a A) error { a.root().Record(ev); return nil }, opts...)
 }
 
+// Purge deletes a deleted aggregate's history and snapshot once its
+// Terminal event is older than retention, for data that must not be kept
+// forever. Errors: ErrNotDeleted when the aggregate's last event is not
+// Terminal or is younger than retention; an error when the store cannot
+// purge; the store's errors.
+func (r *Repository[A]) Purge(ctx context.Context, id string, retention time.Duration) error {
+	p, ok := r.store.(purger)
+	if !ok {
+		return fmt.Errorf("aggregate: the store %T cannot purge", r.store)
+	}
+	ref := r.ref(id)
+	rev, err := r.store.LastRevision(ctx, ref)
+	if err != nil {
+		return err
+	}
+	if rev.IsZero() {
+		return fmt.Errorf("%w: %s has no events", ErrNotDeleted, ref)
+	}
+	var last *stream.Event
+	for ev, err := range r.store.Load(ctx, ref, stream.FromSequence(rev.Sequence), stream.WithLimit(1)) {
+		if err != nil {
+			return err
+		}
+		last = ev
+	}
+	if last == nil {
+		return fmt.Errorf("%w: %s: its last event could not be read", ErrNotDeleted, ref)
+	}
+	if _, ok := last.Data.(Terminal); !ok {
+		return fmt.Errorf("%w: %s: its last event is %s", ErrNotDeleted, ref, last.Type)
+	}
+	if age := time.Since(last.Time); age < retention {
+		return fmt.Errorf("%w: %s was deleted %s ago, retention is %s", ErrNotDeleted, ref, age.Round(time.Second), retention)
+	}
+	r.cache.drop(id)
+	if r.cfg.Snapshots != nil {
+		if err := r.cfg.Snapshots.Delete(ctx, ref); err != nil {
+			return err
+		}
+	}
+	return p.Purge(ctx, ref)
+}
+
 func (r *Repository[A]) run(ctx context.Context, id string, fn func(A) error, mustBeNew bool, opts []stream.AppendOption) error {
 	for attempt := 1; ; attempt++ {
 		var a A
 		var err error
-		if attempt == 1 {
-			a, err = r.Load(ctx, id)
+		if cached, ok := r.cache.take(id); ok && attempt == 1 {
+			// No catch-up read: if another writer moved the aggregate,
+			// the save's concurrency check says so and we reload.
+			a = cached
 		} else {
-			a, err = r.load(ctx, id) // the cached copy was stale
+			a, err = r.load(ctx, id)
 		}
 		if err != nil {
 			return err

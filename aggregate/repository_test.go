@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -94,6 +95,12 @@ func (c *counting) Load(ctx context.Context, agg stream.Aggregate, opts ...strea
 			}
 		}
 	}
+}
+
+func (c *counting) Purge(ctx context.Context, agg stream.Aggregate) error {
+	return c.EventStore.(interface {
+		Purge(context.Context, stream.Aggregate) error
+	}).Purge(ctx, agg)
 }
 
 func memStore(t testing.TB) *counting {
@@ -419,4 +426,41 @@ func TestRepositoryFunctionalStyle(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, s.State.On)
 	assert.EqualValues(t, 1, s.Version())
+}
+
+func TestRepositoryPurgeAfterRetention(t *testing.T) {
+	ctx := context.Background()
+	st := memStore(t)
+	snaps := kv.NewMemory()
+	repo := snapshotRepo(t, st, snaps, 2)
+	require.NoError(t, repo.Update(ctx, "gone", func(c *Cart) error { _ = c.Add("a", 1); return c.Add("b", 1) }))
+	require.NoError(t, repo.Update(ctx, "kept", func(c *Cart) error { return c.Add("a", 1) }))
+	repo.Flush()
+	require.ErrorIs(t, repo.Purge(ctx, "gone", 0), aggregate.ErrNotDeleted, "not deleted yet")
+	require.NoError(t, repo.Delete(ctx, "gone", CartDiscarded{}))
+	require.ErrorIs(t, repo.Purge(ctx, "gone", time.Hour), aggregate.ErrNotDeleted, "within the retention period")
+	require.NoError(t, repo.Purge(ctx, "gone", 0))
+
+	rev, err := st.LastRevision(ctx, stream.Aggregate{Type: "cart", ID: "gone"})
+	require.NoError(t, err)
+	assert.True(t, rev.IsZero(), "history purged")
+	_, ok, err := snaps.Get(ctx, stream.Aggregate{Type: "cart", ID: "gone"})
+	require.NoError(t, err)
+	assert.False(t, ok, "snapshot purged")
+	kept, err := repo.Load(ctx, "kept")
+	require.NoError(t, err)
+	assert.Equal(t, 1, kept.Items["a"], "other aggregates untouched")
+}
+
+// Load brings a cached aggregate up to date with what other writers stored.
+func TestRepositoryLoadIsFresh(t *testing.T) {
+	ctx := context.Background()
+	st := memStore(t)
+	a, b := newRepo(t, st), newRepo(t, st)
+	require.NoError(t, a.Update(ctx, "c", func(c *Cart) error { return c.Add("x", 1) }))
+	require.NoError(t, b.Update(ctx, "c", func(c *Cart) error { return c.Add("y", 1) }))
+	c, err := a.Load(ctx, "c")
+	require.NoError(t, err)
+	assert.EqualValues(t, 2, c.Version())
+	assert.Equal(t, map[string]int{"x": 1, "y": 1}, c.Items)
 }

@@ -51,7 +51,7 @@ type MemoryStore struct {
 	codec *Store
 
 	mu    sync.RWMutex
-	msgs  []memMsg         // msgs[i] has sequence i+1 (nothing is ever deleted)
+	msgs  []memMsg         // msgs[i] has sequence i+1 (a purged one is the zero memMsg)
 	byAgg map[string][]int // aggregate subject -> indexes into msgs, ascending
 	ids   map[string]memID // Nats-Msg-Id -> where and when it was stored, within the duplicate window
 	idq   []memIDEntry     // ids in the order stored, to expire them from ids
