@@ -386,3 +386,22 @@ func TestStoreExpectationAheadOfAggregate(t *testing.T) {
 	assert.Equal(t, res.Last, ce.Actual)
 	assert.Len(t, loadAll(t, st, agg), 1)
 }
+
+func TestStorePurgeOneAggregate(t *testing.T) {
+	srv := embedded.RunServer(t)
+	_, js := embedded.MustJetStream(t, srv)
+	st := newJSStore(t, js)
+	ctx := context.Background()
+	gone, kept := stream.Aggregate{Type: "cart", ID: "gone"}, stream.Aggregate{Type: "cart", ID: "kept"}
+	for _, agg := range []stream.Aggregate{gone, kept} {
+		_, err := st.Append(ctx, agg, stream.ExpectNone(), []stream.EventData{{Data: itemAdded{SKU: "a", Qty: 1}}, {Data: itemAdded{SKU: "b", Qty: 1}}})
+		require.NoError(t, err)
+	}
+	require.NoError(t, st.Purge(ctx, gone))
+	assert.Empty(t, loadAll(t, st, gone))
+	rev, err := st.LastRevision(ctx, gone)
+	require.NoError(t, err)
+	assert.True(t, rev.IsZero())
+	assert.Len(t, loadAll(t, st, kept), 2)
+	require.ErrorIs(t, st.Purge(ctx, stream.Aggregate{Type: "cart", ID: ""}), stream.ErrInvalidID)
+}
