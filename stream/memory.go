@@ -428,33 +428,9 @@ func (m *MemoryStore) Load(ctx context.Context, agg Aggregate, opts ...ReadOptio
 	o := buildReadOptions(opts)
 	filter, err := m.AggregateSubject(agg)
 	if err != nil {
-		return func(yield func(*Event, error) bool) { yield(nil, err) }
+		return failed(err)
 	}
-	return func(yield func(*Event, error) bool) {
-		var lastVersion uint64
-		n := 0
-		for ev, err := range m.read(ctx, filter, true, o) {
-			if err != nil {
-				yield(nil, err)
-				return
-			}
-			if lastVersion != 0 && ev.Version != lastVersion+1 {
-				yield(nil, &Error{Op: "load", Subject: ev.Subject, Sequence: ev.Sequence,
-					Err: fmt.Errorf("%w: version %d follows version %d (history of %s is not contiguous)", ErrDecode, ev.Version, lastVersion, agg)})
-				return
-			}
-			lastVersion = ev.Version
-			if ev.Version < o.fromVersion {
-				continue
-			}
-			if !yield(ev, nil) {
-				return
-			}
-			if n++; o.limit > 0 && n >= o.limit {
-				return
-			}
-		}
-	}
+	return loadEvents(agg, m.read(ctx, filter, true, o), o)
 }
 
 // ReadAll returns the store's events in sequence order, like Store.ReadAll:
@@ -464,45 +440,11 @@ func (m *MemoryStore) Load(ctx context.Context, agg Aggregate, opts ...ReadOptio
 // those of Load.
 func (m *MemoryStore) ReadAll(ctx context.Context, opts ...ReadOption) iter.Seq2[*Event, error] {
 	o := buildReadOptions(opts)
-	for _, t := range o.aggTypes {
-		if err := ValidateName("aggregate type", t); err != nil {
-			return func(yield func(*Event, error) bool) { yield(nil, err) }
-		}
+	filter, err := readAllFilter(m.subj, o)
+	if err != nil {
+		return failed(err)
 	}
-	for _, t := range o.eventTypes {
-		if err := ValidateName("event type", t); err != nil {
-			return func(yield func(*Event, error) bool) { yield(nil, err) }
-		}
-	}
-	var aggType string
-	if len(o.aggTypes) == 1 {
-		aggType = o.aggTypes[0]
-	}
-	// Layout v1 (see wire.go): only the aggregate type is a subject token;
-	// event types are always filtered on the client side.
-	filter := m.subj.all()
-	if aggType != "" {
-		filter = m.subj.filter(aggType)
-	}
-	return func(yield func(*Event, error) bool) {
-		n := 0
-		for ev, err := range m.read(ctx, filter, false, o) {
-			if err != nil {
-				yield(nil, err)
-				return
-			}
-			if len(o.aggTypes) > 1 && !slices.Contains(o.aggTypes, ev.Aggregate.Type) ||
-				len(o.eventTypes) > 0 && !slices.Contains(o.eventTypes, ev.Type) {
-				continue
-			}
-			if !yield(ev, nil) {
-				return
-			}
-			if n++; o.limit > 0 && n >= o.limit {
-				return
-			}
-		}
-	}
+	return filterEvents(m.read(ctx, filter, false, o), o)
 }
 
 // read pages through the messages matching filter (an aggregate's subject

@@ -36,12 +36,39 @@ func (s *Store) Load(ctx context.Context, agg Aggregate, opts ...ReadOption) ite
 	o := buildReadOptions(opts)
 	filter, err := s.AggregateSubject(agg)
 	if err != nil {
-		return func(yield func(*Event, error) bool) { yield(nil, err) }
+		return failed(err)
 	}
+	return loadEvents(agg, s.read(ctx, filter, o), o)
+}
+
+// ReadAll returns the store's events in stream order, from FromSequence
+// (default 1), optionally filtered with WithAggregateTypes and
+// WithEventTypes, in batches like Load. It reads what is stored when each
+// batch is asked for and ends there; to follow new events use a consumer.
+// Errors are those of Load.
+func (s *Store) ReadAll(ctx context.Context, opts ...ReadOption) iter.Seq2[*Event, error] {
+	o := buildReadOptions(opts)
+	filter, err := readAllFilter(s.subj, o)
+	if err != nil {
+		return failed(err)
+	}
+	return filterEvents(s.read(ctx, filter, o), o)
+}
+
+// The parts of Load and ReadAll that the JetStream and memory stores share:
+// they differ only in how they page through stored messages.
+
+func failed(err error) iter.Seq2[*Event, error] {
+	return func(yield func(*Event, error) bool) { yield(nil, err) }
+}
+
+// loadEvents checks that one aggregate's events have contiguous versions and
+// applies FromVersion and WithLimit.
+func loadEvents(agg Aggregate, events iter.Seq2[*Event, error], o readOptions) iter.Seq2[*Event, error] {
 	return func(yield func(*Event, error) bool) {
 		var lastVersion uint64
 		n := 0
-		for ev, err := range s.read(ctx, filter, o) {
+		for ev, err := range events {
 			if err != nil {
 				yield(nil, err)
 				return
@@ -65,31 +92,31 @@ func (s *Store) Load(ctx context.Context, agg Aggregate, opts ...ReadOption) ite
 	}
 }
 
-// ReadAll returns the store's events in stream order, from FromSequence
-// (default 1), optionally filtered with WithAggregateTypes and
-// WithEventTypes, in batches like Load. It reads what is stored when each
-// batch is asked for and ends there; to follow new events use a consumer.
-// Errors are those of Load.
-func (s *Store) ReadAll(ctx context.Context, opts ...ReadOption) iter.Seq2[*Event, error] {
-	o := buildReadOptions(opts)
+// readAllFilter validates ReadAll's type filters and returns the subject
+// filter for the server: one aggregate type is a subject token; several, and
+// event types (a header), are filtered by filterEvents.
+func readAllFilter(subj subjects, o readOptions) (string, error) {
 	for _, t := range o.aggTypes {
 		if err := ValidateName("aggregate type", t); err != nil {
-			return func(yield func(*Event, error) bool) { yield(nil, err) }
+			return "", err
 		}
 	}
 	for _, t := range o.eventTypes {
 		if err := ValidateName("event type", t); err != nil {
-			return func(yield func(*Event, error) bool) { yield(nil, err) }
+			return "", err
 		}
 	}
-	// One aggregate type: the server filters. Otherwise the client does.
-	filter := s.subj.all()
 	if len(o.aggTypes) == 1 {
-		filter = s.subj.filter(o.aggTypes[0])
+		return subj.filter(o.aggTypes[0]), nil
 	}
+	return subj.all(), nil
+}
+
+// filterEvents applies ReadAll's client-side type filters and WithLimit.
+func filterEvents(events iter.Seq2[*Event, error], o readOptions) iter.Seq2[*Event, error] {
 	return func(yield func(*Event, error) bool) {
 		n := 0
-		for ev, err := range s.read(ctx, filter, o) {
+		for ev, err := range events {
 			if err != nil {
 				yield(nil, err)
 				return

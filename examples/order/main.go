@@ -21,15 +21,12 @@ import (
 	"io"
 	"log"
 	"os"
-	"strconv"
-	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/esnats/esnats/aggregate"
-	"github.com/esnats/esnats/embedded"
+	"github.com/esnats/esnats/examples/internal/exampleenv"
 	"github.com/esnats/esnats/kv"
 	"github.com/esnats/esnats/stream"
 )
@@ -37,7 +34,7 @@ import (
 func main() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	js, suffix, cleanup, err := connect(os.Stdout)
+	js, suffix, cleanup, err := exampleenv.Connect(os.Stdout, "order")
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -145,43 +142,4 @@ func rejected(err error) bool {
 		}
 	}
 	return false
-}
-
-// connect uses the server at $NATS_URL when set (and returns a per-run id
-// suffix), else starts an embedded server with JetStream in a temporary
-// directory. cleanup closes the connection and stops and removes the
-// embedded server; it may be called more than once.
-func connect(w io.Writer) (js jetstream.JetStream, suffix string, cleanup func(), err error) {
-	var nc *nats.Conn
-	var once sync.Once
-	if url := os.Getenv("NATS_URL"); url != "" {
-		if nc, err = nats.Connect(url); err != nil {
-			return nil, "", nil, fmt.Errorf("connecting to %s: %w", url, err)
-		}
-		fmt.Fprintf(w, "NATS server at %s\n", url)
-		suffix = "-" + strconv.FormatInt(time.Now().UnixMilli(), 36) // new ids every run
-		cleanup = func() { once.Do(nc.Close) }
-	} else {
-		dir, err := os.MkdirTemp("", "esnats-order-")
-		if err != nil {
-			return nil, "", nil, err
-		}
-		srv, err := embedded.Start(embedded.Options{Dir: dir})
-		if err != nil {
-			os.RemoveAll(dir)
-			return nil, "", nil, err
-		}
-		fmt.Fprintf(w, "embedded NATS server with JetStream at %s (data in %s)\n", srv.ClientURL(), dir)
-		if nc, err = srv.Connect(); err != nil {
-			srv.Shutdown()
-			os.RemoveAll(dir)
-			return nil, "", nil, err
-		}
-		cleanup = func() { once.Do(func() { nc.Close(); srv.Shutdown(); os.RemoveAll(dir) }) }
-	}
-	if js, err = jetstream.New(nc); err != nil {
-		cleanup()
-		return nil, "", nil, err
-	}
-	return js, suffix, cleanup, nil
 }

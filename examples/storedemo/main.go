@@ -12,12 +12,8 @@ import (
 	"fmt"
 	"log"
 	"os"
-	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/esnats/esnats/embedded"
+	"github.com/esnats/esnats/examples/internal/exampleenv"
 	"github.com/esnats/esnats/stream"
 )
 
@@ -42,15 +38,11 @@ func main() {
 }
 
 func run(ctx context.Context) error {
-	nc, cleanup, err := connect()
+	js, _, cleanup, err := exampleenv.Connect(os.Stdout, "storedemo")
 	if err != nil {
 		return err
 	}
 	defer cleanup()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 
 	reg := stream.NewRegistry()
 	stream.MustRegister[ItemAdded](reg, "ItemAdded")
@@ -134,34 +126,3 @@ func run(ctx context.Context) error {
 }
 
 func step(s string) { fmt.Println(s) }
-
-// connect uses $NATS_URL when set, else starts an embedded server with
-// JetStream in a temporary directory (fsync always).
-func connect() (*nats.Conn, func(), error) {
-	if url := os.Getenv("NATS_URL"); url != "" {
-		nc, err := nats.Connect(url)
-		if err != nil {
-			return nil, nil, fmt.Errorf("connecting to %s: %w", url, err)
-		}
-		return nc, nc.Close, nil
-	}
-	dir, err := os.MkdirTemp("", "esnats-demo-")
-	if err != nil {
-		return nil, nil, err
-	}
-	start := time.Now()
-	srv, err := embedded.Start(embedded.Options{Dir: dir})
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, nil, err
-	}
-	fmt.Printf("embedded NATS server with JetStream at %s (store in %s, fsync always, started in %s)\n",
-		srv.ClientURL(), dir, time.Since(start).Round(time.Millisecond))
-	nc, err := srv.Connect()
-	if err != nil {
-		srv.Shutdown()
-		os.RemoveAll(dir)
-		return nil, nil, err
-	}
-	return nc, func() { nc.Close(); srv.Shutdown(); os.RemoveAll(dir) }, nil
-}
