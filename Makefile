@@ -18,7 +18,7 @@ demo:
 
 ## bench: benchmarks, each beside the raw JetStream operation it is built on
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -benchmem ./stream/
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -benchmem ./stream/ ./aggregate/
 
 ## lint: formatting and vet
 lint:
