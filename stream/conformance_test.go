@@ -55,6 +55,7 @@ func TestConformanceJetStreamR3(t *testing.T) {
 	// take about 30s under -race on 2 cores, 8 x 50 about 10s,
 	// with as much contention.
 	h.Writers, h.AppendsPerWriter = 8, 50
+	h.MaxParallel = 4
 	h.Transient = func(err error) bool {
 		var apiErr *jetstream.APIError
 		if !errors.As(err, &apiErr) {

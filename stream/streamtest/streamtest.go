@@ -65,6 +65,10 @@ type Harness struct {
 	// Whatever is retried, the events must be stored exactly once.
 	Transient func(error) bool
 
+	// MaxParallel bounds how many behaviours run at once (each makes its
+	// own store); 0 = no bound. A 3-node cluster on 2 cores under -race
+	// needs one.
+	MaxParallel int
 	// Skip lists behaviours (subtest names, see Behaviours) to skip, each
 	// with the reason reported by t.Skip: for a known bug of the store
 	// under test, with a reference to its issue.
@@ -148,12 +152,20 @@ func Run(t *testing.T, h Harness) {
 	if h.AppendsPerWriter <= 0 {
 		h.AppendsPerWriter = 200
 	}
+	var sem chan struct{}
+	if h.MaxParallel > 0 {
+		sem = make(chan struct{}, h.MaxParallel)
+	}
 	for _, b := range behaviours {
 		t.Run(b.name, func(t *testing.T) {
 			if reason, ok := h.Skip[b.name]; ok {
 				t.Skip(reason)
 			}
 			t.Parallel()
+			if sem != nil {
+				sem <- struct{}{}
+				defer func() { <-sem }()
+			}
 			var reg *stream.Registry
 			if b.reg != nil {
 				reg = b.reg()

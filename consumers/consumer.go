@@ -1,0 +1,769 @@
+package consumers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/esnats/esnats/stream"
+)
+
+// Failure says what a consumer does with an event its handler keeps failing
+// on (or that cannot be decoded).
+type Failure int
+
+const (
+	// Park publishes the event to the dead-letter stream, with the reason
+	// and its original subject and position, and goes on (the default).
+	Park Failure = iota
+	// Stop makes Run return an error naming the event; the event is not
+	// acknowledged and is delivered again when the consumer runs again.
+	Stop
+)
+
+// Start is where a new durable consumer starts. It applies only when Run
+// creates the consumer; an existing one resumes from its acknowledgement
+// floor.
+type Start struct {
+	policy jetstream.DeliverPolicy
+	seq    uint64
+	time   time.Time
+}
+
+// FromBeginning delivers every stored event (the default).
+func FromBeginning() Start { return Start{policy: jetstream.DeliverAllPolicy} }
+
+// FromNow delivers only events appended after the consumer is created.
+func FromNow() Start { return Start{policy: jetstream.DeliverNewPolicy} }
+
+// FromSequence delivers events from stream sequence seq (inclusive).
+func FromSequence(seq uint64) Start {
+	return Start{policy: jetstream.DeliverByStartSequencePolicy, seq: seq}
+}
+
+// FromTime delivers events appended at or after t.
+func FromTime(t time.Time) Start {
+	return Start{policy: jetstream.DeliverByStartTimePolicy, time: t}
+}
+
+// Defaults applied to a zero Config.
+const (
+	DefaultBatchSize  = 100
+	DefaultAckWait    = 30 * time.Second
+	DefaultRetries    = 5
+	DefaultBackoff    = 100 * time.Millisecond
+	DefaultMaxBackoff = 5 * time.Second
+	DefaultGroup      = "esnats"
+	DefaultPinnedTTL  = 5 * time.Second
+)
+
+// Config configures a durable consumer. Name is required; the zero value of
+// every other field means its documented default.
+type Config struct {
+	// Name is the durable consumer's name (letters, digits, '-', '_'). The
+	// consumer, and so its position, outlives the process.
+	Name string
+	// AggregateTypes delivers only events of these aggregate types (the
+	// server filters by subject). Empty: all.
+	AggregateTypes []string
+	// EventTypes delivers only events of these types to a batch handler
+	// (the event type is a header, so the client filters; other events are
+	// acknowledged without a call). With per-type handlers, the types that
+	// have a handler are delivered and this field is not used.
+	EventTypes []string
+	// Start is where a new consumer starts. Default FromBeginning().
+	Start Start
+	// BatchSize is the most events handled and acknowledged together.
+	// Default 100.
+	BatchSize int
+	// AckWait is how long the server waits for an acknowledgement before it
+	// delivers an event again. Default 30s. Retries extend it.
+	AckWait time.Duration
+	// Retries is how many times a failing handler is called for one event
+	// (or batch) before OnFailure applies. Default 5.
+	Retries int
+	// Backoff is the wait before the first retry, doubling up to
+	// MaxBackoff. Defaults 100ms and 5s.
+	Backoff, MaxBackoff time.Duration
+	// OnFailure is Park (default) or Stop.
+	OnFailure Failure
+	// DeadLetter is the stream that parked events go to, created when
+	// missing. Default "<store>_dlq" with subjects "<store>_dlq.>".
+	DeadLetter string
+	// Group is the consumer's priority group: of all processes running the
+	// consumer, one is pinned and gets the events; the others stand by and
+	// take over PinnedTTL after it stops asking. Default "esnats".
+	Group string
+	// PinnedTTL is how long the server keeps a silent client pinned.
+	// Default 5s, at least 2s; it bounds the fail-over time.
+	PinnedTTL time.Duration
+	// Logger gets parked events, fail-overs and errors. Default: discard.
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults(store *stream.Store) Config {
+	if c.Start == (Start{}) {
+		c.Start = FromBeginning()
+	}
+	if c.BatchSize <= 0 {
+		c.BatchSize = DefaultBatchSize
+	}
+	if c.AckWait <= 0 {
+		c.AckWait = DefaultAckWait
+	}
+	if c.Retries <= 0 {
+		c.Retries = DefaultRetries
+	}
+	if c.Backoff <= 0 {
+		c.Backoff = DefaultBackoff
+	}
+	if c.MaxBackoff <= 0 {
+		c.MaxBackoff = DefaultMaxBackoff
+	}
+	if c.DeadLetter == "" {
+		c.DeadLetter = store.Name() + "_dlq"
+	}
+	if c.Group == "" {
+		c.Group = DefaultGroup
+	}
+	if c.PinnedTTL <= 0 {
+		c.PinnedTTL = DefaultPinnedTTL
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Validate reports a configuration error without I/O.
+func (c Config) Validate() error {
+	if err := stream.ValidateName("consumer name", c.Name); err != nil {
+		return err
+	}
+	for _, t := range c.AggregateTypes {
+		if err := stream.ValidateName("aggregate type", t); err != nil {
+			return err
+		}
+	}
+	for _, t := range c.EventTypes {
+		if err := stream.ValidateName("event type", t); err != nil {
+			return err
+		}
+	}
+	if c.DeadLetter != "" {
+		if err := stream.ValidateName("dead-letter stream", c.DeadLetter); err != nil {
+			return err
+		}
+	}
+	if c.Group != "" {
+		if err := stream.ValidateName("priority group", c.Group); err != nil {
+			return err
+		}
+	}
+	if c.PinnedTTL != 0 && c.PinnedTTL < 2*time.Second {
+		return fmt.Errorf("consumers: PinnedTTL %s is below 2s (pull requests last at least 1s and must renew the pin in time)", c.PinnedTTL)
+	}
+	if c.BatchSize > 10000 {
+		return fmt.Errorf("consumers: BatchSize %d is larger than 10000", c.BatchSize)
+	}
+	return nil
+}
+
+// Handler handles one event. An error makes the consumer retry it, then
+// apply the failure policy.
+type Handler func(ctx context.Context, ev *stream.Event) error
+
+// BatchHandler handles a batch of events in stream order. An error makes
+// the consumer retry the batch, then handle its events one at a time to
+// find the one that fails, and apply the failure policy to it.
+type BatchHandler func(ctx context.Context, evs []*stream.Event) error
+
+// Consumer delivers a store's events to handlers through a durable
+// JetStream pull consumer: at least once, in stream order (so in order per
+// aggregate), acknowledged by batch (the consumer's acknowledgement floor is
+// its position). Configure handlers before Run; Run may be called again
+// after it returns.
+type Consumer struct {
+	js    jetstream.JetStream
+	store *stream.Store
+	cfg   Config
+
+	mu       sync.Mutex
+	handlers map[string]Handler
+	batch    BatchHandler
+	stats    stats
+}
+
+type stats struct {
+	handled, parked atomic.Uint64
+	lastErr         atomic.Pointer[string]
+	rate            rateMeter
+}
+
+// New validates cfg and returns a consumer of store. The JetStream consumer
+// itself is created (or updated) by Run.
+func New(js jetstream.JetStream, store *stream.Store, cfg Config) (*Consumer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Consumer{js: js, store: store, cfg: cfg.withDefaults(store), handlers: map[string]Handler{}}, nil
+}
+
+// Handle sets the handler of one event type. Events of types with no
+// handler are acknowledged without a call.
+func (c *Consumer) Handle(eventType string, h Handler) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.handlers[eventType] = h
+}
+
+// On sets a typed handler: T's registered name on the store's registry is
+// the event type. It fails when T is not registered.
+func On[T any](c *Consumer, h func(ctx context.Context, ev *stream.Event, data T) error) error {
+	var zero T
+	name, err := c.store.Registry().NameOf(zero)
+	if err != nil {
+		return err
+	}
+	c.Handle(name, func(ctx context.Context, ev *stream.Event) error {
+		d, ok := ev.Data.(T)
+		if !ok {
+			return fmt.Errorf("%w: %s event holds %T, handler wants %T", stream.ErrDecode, ev.Type, ev.Data, zero)
+		}
+		return h(ctx, ev, d)
+	})
+	return nil
+}
+
+// HandleBatch sets one handler for batches of all delivered events (those
+// of Config.EventTypes, if set). It replaces per-type handlers.
+func (c *Consumer) HandleBatch(h BatchHandler) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.batch = h
+}
+
+// Name returns the durable consumer's name.
+func (c *Consumer) Name() string { return c.cfg.Name }
+
+// consumerConfig is the JetStream consumer configuration.
+func (c *Consumer) consumerConfig() jetstream.ConsumerConfig {
+	filters := []string{c.store.SubjectFilter("")}
+	if len(c.cfg.AggregateTypes) > 0 {
+		filters = filters[:0]
+		for _, t := range c.cfg.AggregateTypes {
+			filters = append(filters, c.store.SubjectFilter(t))
+		}
+	}
+	cc := jetstream.ConsumerConfig{
+		Durable:        c.cfg.Name,
+		Description:    "esnats consumer",
+		DeliverPolicy:  c.cfg.Start.policy,
+		AckPolicy:      jetstream.AckAllPolicy,
+		AckWait:        c.cfg.AckWait,
+		MaxDeliver:     -1,
+		MaxAckPending:  max(1000, 4*c.cfg.BatchSize),
+		PriorityPolicy: jetstream.PriorityPolicyPinned,
+		PriorityGroups: []string{c.cfg.Group},
+		PinnedTTL:      c.cfg.PinnedTTL,
+	}
+	if len(filters) == 1 {
+		cc.FilterSubject = filters[0]
+	} else {
+		cc.FilterSubjects = filters
+	}
+	switch c.cfg.Start.policy {
+	case jetstream.DeliverByStartSequencePolicy:
+		cc.OptStartSeq = c.cfg.Start.seq
+	case jetstream.DeliverByStartTimePolicy:
+		t := c.cfg.Start.time
+		cc.OptStartTime = &t
+	}
+	return cc
+}
+
+// ensure creates the durable consumer, or updates the settings of an
+// existing one that may change (it keeps its position and start policy).
+func (c *Consumer) ensure(ctx context.Context) (jetstream.Consumer, error) {
+	want := c.consumerConfig()
+	cons, err := c.js.Consumer(ctx, c.store.Name(), c.cfg.Name)
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		cons, err = c.js.CreateOrUpdateConsumer(ctx, c.store.Name(), want)
+	case err == nil:
+		have := cons.CachedInfo().Config
+		want.DeliverPolicy, want.OptStartSeq, want.OptStartTime = have.DeliverPolicy, have.OptStartSeq, have.OptStartTime
+		if have.AckPolicy != jetstream.AckAllPolicy || have.PriorityPolicy != jetstream.PriorityPolicyPinned {
+			return nil, fmt.Errorf("consumers: durable consumer %q on stream %q exists with another ack or priority policy; delete it or choose another name", c.cfg.Name, c.store.Name())
+		}
+		cons, err = c.js.CreateOrUpdateConsumer(ctx, c.store.Name(), want)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("consumers: creating consumer %q on stream %q: %w", c.cfg.Name, c.store.Name(), err)
+	}
+	if c.cfg.OnFailure == Park {
+		if _, err := c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+			Name:        c.cfg.DeadLetter,
+			Description: "esnats parked events of stream " + c.store.Name(),
+			Subjects:    []string{c.cfg.DeadLetter + ".>"},
+			Storage:     jetstream.FileStorage,
+			Replicas:    c.store.Config().Replicas,
+			Duplicates:  10 * time.Minute,
+		}); err != nil {
+			return nil, fmt.Errorf("consumers: creating dead-letter stream %q: %w", c.cfg.DeadLetter, err)
+		}
+	}
+	return cons, nil
+}
+
+// Run delivers events to the handlers until ctx ends or, with the Stop
+// policy, an event cannot be handled. When ctx ends it finishes the batch in
+// hand, acknowledges it and returns nil: no event is lost, and none that was
+// handled is delivered again.
+//
+// Order: events are handled in stream order. Whenever a process takes the
+// consumer over (at start, after another process stopped or died), it first
+// resets the consumer to its acknowledgement floor, so that events another
+// process had received but not acknowledged are delivered again, in order,
+// before newer ones; and a stopping process resets it for the same reason.
+// This needs nats-server 2.14 or newer.
+//
+// Run waits as a standby while another process holds the consumer's pin.
+// Errors: configuration and server errors, and with Stop a *stream.Error
+// naming the subject and sequence of the event that failed.
+func (c *Consumer) Run(ctx context.Context) error {
+	cons, err := c.ensure(ctx)
+	if err != nil {
+		return err
+	}
+	var (
+		sub      *pull
+		active   bool   // this run holds the pin and has resynchronised
+		lastSeq  uint64 // stream sequence of the last event finished in this run
+		batch    = make([]jetstream.Msg, 0, c.cfg.BatchSize)
+		released bool
+	)
+	if sub, err = c.pull(cons); err != nil {
+		return err
+	}
+	// leave gives the consumer back: stop pulling, forget what was
+	// received and not finished, reset to the acknowledgement floor so the
+	// next process gets those events in order, and unpin.
+	leave := func() {
+		if released {
+			return
+		}
+		released = true
+		sub.stop()
+		if !active {
+			return
+		}
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if _, err := c.js.ResetConsumer(uctx, c.store.Name(), c.cfg.Name); err != nil {
+			c.cfg.Logger.Warn("esnats: consumer reset on stop failed; unacknowledged events come back after AckWait", "consumer", c.cfg.Name, "error", err)
+		}
+		if st, err := c.js.Stream(uctx, c.store.Name()); err == nil {
+			_ = st.UnpinConsumer(uctx, c.cfg.Name, c.cfg.Group)
+		}
+	}
+	defer leave()
+	for {
+		batch = batch[:0]
+		select {
+		case <-ctx.Done():
+			return nil
+		case m := <-sub.msgs:
+			batch = append(batch, m)
+		}
+		if !active {
+			// Taking over: whatever was delivered before (to a process
+			// that stopped or died, or to us) goes back to the ack
+			// floor, and a fresh subscription receives from there.
+			sub.stop()
+			if _, err := c.js.ResetConsumer(ctx, c.store.Name(), c.cfg.Name); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("consumers: resetting %q to its acknowledgement floor on take-over: %w", c.cfg.Name, err)
+			}
+			c.cfg.Logger.Info("esnats: consumer active", "consumer", c.cfg.Name)
+			if sub, err = c.pull(cons); err != nil {
+				return err
+			}
+			active = true
+			continue
+		}
+	fill:
+		for len(batch) < c.cfg.BatchSize {
+			select {
+			case m := <-sub.msgs:
+				batch = append(batch, m)
+			default:
+				break fill
+			}
+		}
+		// A redelivery of an event already finished in this run (its
+		// ack wait ran out): skip it, keeping the order.
+		fresh := batch[:0]
+		for _, m := range batch {
+			if md, err := m.Metadata(); err == nil && md.Sequence.Stream <= lastSeq {
+				continue
+			}
+			fresh = append(fresh, m)
+		}
+		if len(fresh) == 0 {
+			continue
+		}
+		// The batch in hand is finished even if ctx ends meanwhile.
+		done, err := c.process(context.WithoutCancel(ctx), fresh)
+		if done >= 0 {
+			if md, merr := fresh[done].Metadata(); merr == nil {
+				lastSeq = md.Sequence.Stream
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+// pull is one subscription of a consumer's messages.
+type pull struct {
+	cc   jetstream.ConsumeContext
+	msgs chan jetstream.Msg
+}
+
+func (c *Consumer) pull(cons jetstream.Consumer) (*pull, error) {
+	p := &pull{msgs: make(chan jetstream.Msg, 2*c.cfg.BatchSize)}
+	cc, err := cons.Consume(func(m jetstream.Msg) { p.msgs <- m },
+		jetstream.PullMaxMessages(2*c.cfg.BatchSize),
+		jetstream.PullPriorityGroup(c.cfg.Group),
+		jetstream.PullExpiry(min(max(c.cfg.PinnedTTL/2, time.Second), 30*time.Second)),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if !errors.Is(err, jetstream.ErrPinIDMismatch) && !errors.Is(err, nats.ErrTimeout) {
+				c.cfg.Logger.Debug("esnats: consumer pull", "consumer", c.cfg.Name, "error", err)
+			}
+		}))
+	if err != nil {
+		return nil, fmt.Errorf("consumers: consuming %q: %w", c.cfg.Name, err)
+	}
+	p.cc = cc
+	return p, nil
+}
+
+// stop ends the subscription and drops what it received but was not taken
+// (the callback may be blocked on the full channel until Stop completes).
+func (p *pull) stop() {
+	p.cc.Stop()
+	closed := p.cc.Closed()
+	for {
+		select {
+		case <-p.msgs:
+		case <-closed:
+			for {
+				select {
+				case <-p.msgs:
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+// process handles a batch and acknowledges what was handled (or parked). It
+// returns the index of the last message finished.
+func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg) (int, error) {
+	events := make([]*stream.Event, 0, len(msgs))
+	index := make([]int, 0, len(msgs)) // events[i] came from msgs[index[i]]
+	c.mu.Lock()
+	batchH, handlers := c.batch, c.handlers
+	c.mu.Unlock()
+	lastDone := -1 // msgs[..lastDone] are handled, parked or skipped
+	flush := func() error {
+		if lastDone < 0 {
+			return nil
+		}
+		return ackUpTo(ctx, msgs[lastDone])
+	}
+	for i, m := range msgs {
+		md, err := m.Metadata()
+		if err != nil {
+			_ = flush()
+			return lastDone, fmt.Errorf("consumers: message without JetStream metadata on %s: %w", m.Subject(), err)
+		}
+		ev, err := c.store.Decode(m.Subject(), md.Sequence.Stream, m.Headers(), m.Data())
+		if err != nil {
+			// Poison: undecodable. Handle what came before it, then apply
+			// the failure policy to it.
+			if err := c.deliver(ctx, batchH, handlers, events, msgs, index, &lastDone); err != nil {
+				_ = flush()
+				return lastDone, err
+			}
+			events, index = events[:0], index[:0]
+			if err := c.fail(ctx, m, md.Sequence.Stream, 1, err); err != nil {
+				_ = flush()
+				return lastDone, err
+			}
+			lastDone = i
+			continue
+		}
+		if !c.wanted(ev, batchH, handlers) {
+			if len(events) == 0 {
+				lastDone = i
+			}
+			continue
+		}
+		events = append(events, ev)
+		index = append(index, i)
+	}
+	if err := c.deliver(ctx, batchH, handlers, events, msgs, index, &lastDone); err != nil {
+		_ = flush()
+		return lastDone, err
+	}
+	lastDone = len(msgs) - 1
+	return lastDone, flush()
+}
+
+func (c *Consumer) wanted(ev *stream.Event, batchH BatchHandler, handlers map[string]Handler) bool {
+	if batchH != nil {
+		return len(c.cfg.EventTypes) == 0 || slices.Contains(c.cfg.EventTypes, ev.Type)
+	}
+	_, ok := handlers[ev.Type]
+	return ok
+}
+
+// deliver hands events to the handlers with retries; an event that still
+// fails gets the failure policy. lastDone advances over what is finished.
+func (c *Consumer) deliver(ctx context.Context, batchH BatchHandler, handlers map[string]Handler, events []*stream.Event, msgs []jetstream.Msg, index []int, lastDone *int) error {
+	if len(events) == 0 {
+		return nil
+	}
+	if batchH != nil {
+		err := c.retry(ctx, msgs, func() error { return batchH(ctx, events) })
+		if err == nil {
+			c.done(len(events))
+			*lastDone = index[len(index)-1]
+			return nil
+		}
+		if len(events) > 1 {
+			// Find the failing event: one at a time.
+			for i := range events {
+				if err := c.deliver(ctx, batchH, handlers, events[i:i+1], msgs, index[i:i+1], lastDone); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		if err := c.fail(ctx, msgs[index[0]], events[0].Sequence, c.cfg.Retries, err); err != nil {
+			return err
+		}
+		*lastDone = index[0]
+		return nil
+	}
+	for i, ev := range events {
+		h := handlers[ev.Type]
+		if err := c.retry(ctx, msgs, func() error { return h(ctx, ev) }); err != nil {
+			if err := c.fail(ctx, msgs[index[i]], ev.Sequence, c.cfg.Retries, err); err != nil {
+				return err
+			}
+		} else {
+			c.done(1)
+		}
+		*lastDone = index[i]
+	}
+	return nil
+}
+
+func (c *Consumer) done(n int) {
+	c.stats.handled.Add(uint64(n))
+	c.stats.rate.add(n)
+}
+
+// retry calls fn up to Retries times with doubling backoff, telling the
+// server the batch is in progress so that it is not delivered again
+// meanwhile.
+func (c *Consumer) retry(ctx context.Context, msgs []jetstream.Msg, fn func() error) error {
+	wait := c.cfg.Backoff
+	var err error
+	for attempt := 1; ; attempt++ {
+		if err = fn(); err == nil {
+			return nil
+		}
+		c.setErr(err)
+		if attempt >= c.cfg.Retries {
+			return err
+		}
+		for _, m := range msgs {
+			_ = m.InProgress()
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		wait = min(2*wait, c.cfg.MaxBackoff)
+	}
+}
+
+func (c *Consumer) setErr(err error) {
+	s := err.Error()
+	c.stats.lastErr.Store(&s)
+}
+
+// Dead-letter headers, beside the original message's own headers.
+const (
+	HeaderParkedStream   = "Esnats-Parked-Stream"
+	HeaderParkedSubject  = "Esnats-Parked-Subject"
+	HeaderParkedSequence = "Esnats-Parked-Sequence"
+	HeaderParkedConsumer = "Esnats-Parked-Consumer"
+	HeaderParkedReason   = "Esnats-Parked-Reason"
+	HeaderParkedAttempts = "Esnats-Parked-Attempts"
+	HeaderParkedEventID  = "Esnats-Parked-Event-Id" // the event's Nats-Msg-Id
+)
+
+// fail applies the failure policy to the message m at stream sequence seq.
+func (c *Consumer) fail(ctx context.Context, m jetstream.Msg, seq uint64, attempts int, cause error) error {
+	c.setErr(cause)
+	if c.cfg.OnFailure == Stop {
+		return &stream.Error{Op: "consume " + c.cfg.Name, Subject: m.Subject(), Sequence: seq,
+			Err: fmt.Errorf("handler failed %d times, stopping: %w", attempts, cause)}
+	}
+	park := nats.NewMsg(c.cfg.DeadLetter + "." + c.cfg.Name)
+	for k, v := range m.Headers() {
+		// The event's own headers; not the server's (Nats-*: a stored
+		// expected-sequence header would be checked again on the
+		// dead-letter stream).
+		if !strings.HasPrefix(k, "Nats-") {
+			park.Header[k] = v
+		}
+	}
+	if id := m.Headers().Get(jetstream.MsgIDHeader); id != "" {
+		park.Header.Set(HeaderParkedEventID, id)
+	}
+	park.Header.Set(jetstream.MsgIDHeader, c.cfg.Name+"-"+strconv.FormatUint(seq, 10))
+	park.Header.Set(HeaderParkedStream, c.store.Name())
+	park.Header.Set(HeaderParkedSubject, m.Subject())
+	park.Header.Set(HeaderParkedSequence, strconv.FormatUint(seq, 10))
+	park.Header.Set(HeaderParkedConsumer, c.cfg.Name)
+	park.Header.Set(HeaderParkedReason, cause.Error())
+	park.Header.Set(HeaderParkedAttempts, strconv.Itoa(attempts))
+	park.Data = m.Data()
+	if _, err := c.js.PublishMsg(ctx, park); err != nil {
+		return &stream.Error{Op: "park " + c.cfg.Name, Subject: m.Subject(), Sequence: seq,
+			Err: fmt.Errorf("could not park the event in %q after %v: %w", c.cfg.DeadLetter, cause, err)}
+	}
+	c.stats.parked.Add(1)
+	c.cfg.Logger.Warn("esnats: parked event", "consumer", c.cfg.Name, "subject", m.Subject(), "sequence", seq, "dead_letter", c.cfg.DeadLetter, "reason", cause.Error())
+	return nil
+}
+
+// ackUpTo acknowledges m and, with the AckAll policy, everything before it;
+// synchronously, so that a clean stop never leaves handled events to be
+// delivered again.
+func ackUpTo(ctx context.Context, m jetstream.Msg) error {
+	if err := m.DoubleAck(ctx); err != nil {
+		return fmt.Errorf("consumers: acknowledging up to %s: %w", m.Subject(), err)
+	}
+	return nil
+}
+
+// Status is where a consumer stands.
+type Status struct {
+	Name       string
+	Position   uint64        // stream sequence of the last acknowledged event (the ack floor)
+	Delivered  uint64        // stream sequence of the last delivered event
+	Lag        uint64        // matching events stored after Delivered not yet delivered, plus those delivered and not acknowledged
+	Pending    int           // delivered, not yet acknowledged
+	Handled    uint64        // events handled by this process since it started
+	Parked     uint64        // events this process parked
+	Rate       float64       // events handled per second, over the last ~10s
+	LastError  string        // the last handler error seen by this process
+	Pinned     bool          // whether some client holds the pin of the consumer's group
+	LastActive time.Time     // when the server last delivered to this consumer
+	AckWait    time.Duration // the consumer's ack wait
+}
+
+// Status asks the server for the consumer's position and lag, and adds this
+// process's counters. Errors: the consumer does not exist yet (Run creates
+// it), or the server's.
+func (c *Consumer) Status(ctx context.Context) (Status, error) {
+	cons, err := c.js.Consumer(ctx, c.store.Name(), c.cfg.Name)
+	if err != nil {
+		return Status{}, fmt.Errorf("consumers: status of %q: %w", c.cfg.Name, err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return Status{}, fmt.Errorf("consumers: status of %q: %w", c.cfg.Name, err)
+	}
+	st := Status{
+		Name:      c.cfg.Name,
+		Position:  info.AckFloor.Stream,
+		Delivered: info.Delivered.Stream,
+		Lag:       info.NumPending + uint64(info.NumAckPending),
+		Pending:   info.NumAckPending,
+		Handled:   c.stats.handled.Load(),
+		Parked:    c.stats.parked.Load(),
+		Rate:      c.stats.rate.perSecond(),
+		AckWait:   info.Config.AckWait,
+	}
+	if info.Delivered.Last != nil {
+		st.LastActive = *info.Delivered.Last
+	}
+	for _, g := range info.PriorityGroups {
+		if g.PinnedClientID != "" {
+			st.Pinned = true
+		}
+	}
+	if s := c.stats.lastErr.Load(); s != nil {
+		st.LastError = *s
+	}
+	return st, nil
+}
+
+// rateMeter counts events in one-second buckets over the last 10 seconds.
+type rateMeter struct {
+	mu      sync.Mutex
+	buckets [10]int
+	stamp   [10]int64
+}
+
+func (r *rateMeter) add(n int) {
+	now := time.Now().Unix()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	i := now % 10
+	if r.stamp[i] != now {
+		r.stamp[i], r.buckets[i] = now, 0
+	}
+	r.buckets[i] += n
+}
+
+func (r *rateMeter) perSecond() float64 {
+	now := time.Now().Unix()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	total := 0
+	for i := range r.buckets {
+		if now-r.stamp[i] < 10 {
+			total += r.buckets[i]
+		}
+	}
+	return float64(total) / 10
+}
