@@ -1,0 +1,469 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/esnats/esnats/consumers"
+	"github.com/esnats/esnats/stream"
+)
+
+// Projection builds one read model from a store's events.
+type Projection struct {
+	// Name names the projection and its durable consumer (letters, digits,
+	// '-', '_'). Required.
+	Name string
+	// AggregateTypes and EventTypes select the events (empty: all).
+	AggregateTypes []string
+	EventTypes     []string
+	// Model receives the events. A Checkpointed model gets exactly-once
+	// effects; any other model must apply events idempotently (the
+	// consumer's acknowledgement floor is its position).
+	Model ReadModel
+	// Consumer tunes the delivery (batch size, retries, failure policy,
+	// fail-over); Name, AggregateTypes, EventTypes and Start are set by the
+	// runner.
+	Consumer consumers.Config
+}
+
+// Runner runs projections of one store in one worker process. Many
+// processes may run the same projections: for each one, one process is
+// active and the others stand by (see consumers.Config.Group).
+type Runner struct {
+	js    jetstream.JetStream
+	store *stream.Store
+	log   *slog.Logger
+
+	mu    sync.Mutex
+	projs map[string]*running
+}
+
+type running struct {
+	p          Projection
+	cons       *consumers.Consumer
+	skip       atomic.Uint64 // Checkpointed: events at or below are skipped
+	cp         bool          // the model is Checkpointed
+	mu         sync.Mutex
+	cancel     context.CancelFunc
+	done       chan struct{}
+	err        error
+	rebuilding atomic.Bool
+}
+
+// NewRunner returns a runner for projections of store. logger may be nil.
+func NewRunner(js jetstream.JetStream, store *stream.Store, logger *slog.Logger) *Runner {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Runner{js: js, store: store, log: logger, projs: map[string]*running{}}
+}
+
+// Add registers a projection. Errors: an invalid name or configuration, a
+// name already added, a nil model.
+func (r *Runner) Add(p Projection) error {
+	if p.Model == nil {
+		return fmt.Errorf("projections: %q has no Model", p.Name)
+	}
+	rp, err := r.prepare(p, p.Name)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, dup := r.projs[p.Name]; dup {
+		return fmt.Errorf("projections: %q added twice", p.Name)
+	}
+	r.projs[p.Name] = rp
+	return nil
+}
+
+// prepare builds the running projection p with its consumer under the
+// durable name consumer.
+func (r *Runner) prepare(p Projection, consumer string) (*running, error) {
+	rp := &running{p: p}
+	_, rp.cp = p.Model.(Checkpointed)
+	cons, err := r.newConsumer(rp, p, consumer)
+	if err != nil {
+		return nil, err
+	}
+	rp.cons = cons
+	return rp, nil
+}
+
+// newConsumer makes the consumer feeding rp under the durable name durable.
+func (r *Runner) newConsumer(rp *running, p Projection, durable string) (*consumers.Consumer, error) {
+	cfg := p.Consumer
+	cfg.Name = durable
+	cfg.AggregateTypes = p.AggregateTypes
+	cfg.EventTypes = p.EventTypes
+	if cfg.Logger == nil {
+		cfg.Logger = r.log
+	}
+	cons, err := consumers.New(r.js, r.store, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("projections: %q: %w", p.Name, err)
+	}
+	cons.HandleBatch(r.batchHandler(rp))
+	return cons, nil
+}
+
+func (rp *running) consumer() *consumers.Consumer {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	return rp.cons
+}
+
+// batchHandler applies batches to rp's model; for a Checkpointed model it
+// skips what the model already holds (exactly-once).
+func (r *Runner) batchHandler(rp *running) consumers.BatchHandler {
+	return func(ctx context.Context, evs []*stream.Event) error {
+		if rp.cp {
+			floor := rp.skip.Load()
+			i := 0
+			for i < len(evs) && evs[i].Sequence <= floor {
+				i++
+			}
+			evs = evs[i:]
+			if len(evs) == 0 {
+				return nil
+			}
+		}
+		if err := rp.p.Model.Apply(ctx, evs); err != nil {
+			return err
+		}
+		if rp.cp {
+			rp.skip.Store(evs[len(evs)-1].Sequence)
+		}
+		return nil
+	}
+}
+
+// start reads a Checkpointed model's checkpoint (events at or below it are
+// skipped), and picks the durable consumer: the newest one a rebuild left
+// (<name>-r<time>) if there is one, and for a consumer still to be created,
+// the position after the checkpoint.
+func (r *Runner) start(ctx context.Context, rp *running) error {
+	var cp uint64
+	if rp.cp {
+		var err error
+		if cp, err = rp.p.Model.(Checkpointed).Checkpoint(ctx); err != nil {
+			return fmt.Errorf("projections: %q: reading the model's checkpoint: %w", rp.p.Name, err)
+		}
+		rp.skip.Store(cp)
+	}
+	durable, err := r.durable(ctx, rp.p.Name, rp.consumer().Name())
+	if err != nil {
+		return err
+	}
+	if durable == rp.consumer().Name() && cp == 0 {
+		return nil
+	}
+	p := rp.p
+	if cp > 0 {
+		p.Consumer.Start = consumers.FromSequence(cp + 1) // used only if it must be created
+	}
+	cons, err := r.newConsumer(rp, p, durable)
+	if err != nil {
+		return err
+	}
+	rp.mu.Lock()
+	rp.cons = cons
+	rp.mu.Unlock()
+	return nil
+}
+
+// durable returns the consumer a projection uses: current if it exists,
+// else the newest consumer left by a rebuild, else current (to be created).
+func (r *Runner) durable(ctx context.Context, name, current string) (string, error) {
+	st, err := r.js.Stream(ctx, r.store.Name())
+	if err != nil {
+		return "", fmt.Errorf("projections: %q: %w", name, err)
+	}
+	if _, err := st.Consumer(ctx, current); err == nil {
+		return current, nil
+	}
+	best := current
+	names := st.ConsumerNames(ctx)
+	for n := range names.Name() {
+		if len(n) > len(name)+2 && n[:len(name)+2] == name+"-r" && n > best {
+			best = n
+		}
+	}
+	if err := names.Err(); err != nil {
+		return "", fmt.Errorf("projections: %q: listing consumers: %w", name, err)
+	}
+	return best, nil
+}
+
+// Run runs every added projection until ctx ends (then it returns nil after
+// each has finished and acknowledged its batch in hand) or one of them fails
+// with the Stop policy (then the others are stopped too and the error names
+// the projection, subject and sequence). A projection switched over by
+// Rebuild goes on with its new consumer and model.
+func (r *Runner) Run(ctx context.Context) error {
+	r.mu.Lock()
+	names := make([]string, 0, len(r.projs))
+	for n := range r.projs {
+		names = append(names, n)
+	}
+	r.mu.Unlock()
+	if len(names) == 0 {
+		return errors.New("projections: nothing to run")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, len(names))
+	for _, name := range names {
+		go func() {
+			err := r.supervise(ctx, name)
+			if err != nil {
+				cancel()
+			}
+			errs <- err
+		}()
+	}
+	var first error
+	for range names {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// supervise runs one projection, and its replacement after a rebuild.
+func (r *Runner) supervise(ctx context.Context, name string) error {
+	for {
+		rp, err := r.get(name)
+		if err != nil {
+			return err
+		}
+		if err := r.start(ctx, rp); err != nil {
+			return err
+		}
+		pctx, cancel := context.WithCancel(ctx)
+		rp.mu.Lock()
+		rp.cancel = cancel
+		rp.mu.Unlock()
+		err = rp.consumer().Run(pctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("projections: %q: %w", name, err)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		// Stopped by a switch-over: run the replacement.
+	}
+}
+
+// stopRunning stops rp's consumer if Run is running it.
+func (rp *running) stopRunning() {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	if rp.cancel != nil {
+		rp.cancel()
+	}
+}
+
+// Status is where a projection stands.
+type Status struct {
+	Name string
+	// Position is the stream sequence of the last event applied: the
+	// model's checkpoint (Checkpointed models) or the consumer's
+	// acknowledgement floor.
+	Position uint64
+	// Lag is how many matching events are not yet applied.
+	Lag uint64
+	// Rate is events applied per second over the last ~10 s, by this process.
+	Rate float64
+	// Parked counts events this process parked; LastError is the last
+	// failure it saw.
+	Parked    uint64
+	LastError string
+	// Mode is "exactly-once" (Checkpointed model) or "ack-floor".
+	Mode string
+}
+
+// Status reports each projection's position, lag, rate and last error.
+func (r *Runner) Status(ctx context.Context) ([]Status, error) {
+	r.mu.Lock()
+	names := make([]string, 0, len(r.projs))
+	for n := range r.projs {
+		names = append(names, n)
+	}
+	r.mu.Unlock()
+	out := make([]Status, 0, len(names))
+	for _, n := range sortStrings(names) {
+		st, err := r.StatusOf(ctx, n)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// StatusOf reports one projection's status.
+func (r *Runner) StatusOf(ctx context.Context, name string) (Status, error) {
+	rp, err := r.get(name)
+	if err != nil {
+		return Status{}, err
+	}
+	cs, err := rp.consumer().Status(ctx)
+	if err != nil {
+		return Status{}, err
+	}
+	st := Status{Name: name, Position: cs.Position, Lag: cs.Lag, Rate: cs.Rate, Parked: cs.Parked, LastError: cs.LastError, Mode: "ack-floor"}
+	if rp.cp {
+		st.Mode = "exactly-once"
+		cp, err := rp.p.Model.(Checkpointed).Checkpoint(ctx)
+		if err != nil {
+			return Status{}, err
+		}
+		if cp > st.Position {
+			st.Position = cp
+		}
+	}
+	return st, nil
+}
+
+func (r *Runner) get(name string) (*running, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rp, ok := r.projs[name]
+	if !ok {
+		return nil, fmt.Errorf("projections: no projection %q", name)
+	}
+	return rp, nil
+}
+
+// Progress reports a rebuild's advance, for a progress bar.
+type Progress struct {
+	Name     string
+	Position uint64 // stream sequence applied so far
+	Target   uint64 // the store's last sequence when the rebuild started
+	Applied  uint64 // events applied by the rebuild
+	Done     bool
+}
+
+// Rebuild replays the store from the start into fresh (an empty read model
+// of the same projection) through a new durable consumer, reporting
+// progress, until it has caught up with the events stored when the rebuild
+// started. The projection then switches over: its consumer and model become
+// the rebuild's, and the old consumer is deleted; the caller swaps what its
+// readers use (the old model is left as it was). The projection keeps
+// running meanwhile: when Rebuild is called while Run runs, Run goes on with
+// the new consumer and model after the switch.
+//
+// Errors: an unknown projection, a failure of the replay (the old
+// projection is untouched then), ctx ending before the rebuild caught up.
+func (r *Runner) Rebuild(ctx context.Context, name string, fresh ReadModel, progress func(Progress)) error {
+	old, err := r.get(name)
+	if err != nil {
+		return err
+	}
+	if !old.rebuilding.CompareAndSwap(false, true) {
+		return fmt.Errorf("projections: %q is already being rebuilt", name)
+	}
+	defer old.rebuilding.Store(false)
+	if progress == nil {
+		progress = func(Progress) {}
+	}
+	p := old.p
+	p.Model = fresh
+	gen := fmt.Sprintf("%s-r%d", name, time.Now().UnixNano())
+	nc := p.Consumer
+	nc.Start = consumers.FromBeginning()
+	p.Consumer = nc
+	rp, err := r.prepare(p, gen)
+	if err != nil {
+		return err
+	}
+	if rp.cp {
+		cp, err := fresh.(Checkpointed).Checkpoint(ctx)
+		if err != nil {
+			return fmt.Errorf("projections: rebuild %q: reading the fresh model's checkpoint: %w", name, err)
+		}
+		rp.skip.Store(cp)
+	}
+	info, err := r.js.Stream(ctx, r.store.Name())
+	if err != nil {
+		return fmt.Errorf("projections: rebuild %q: %w", name, err)
+	}
+	si, err := info.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("projections: rebuild %q: %w", name, err)
+	}
+	target := si.State.LastSeq
+	rctx, stop := context.WithCancel(ctx)
+	runErr := make(chan error, 1)
+	go func() { runErr <- rp.consumer().Run(rctx) }()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	cleanup := func() {
+		stop()
+		<-runErr
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = r.js.DeleteConsumer(dctx, r.store.Name(), gen)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			cleanup()
+			return fmt.Errorf("projections: rebuild %q stopped before catching up: %w", name, ctx.Err())
+		case err := <-runErr:
+			runErr <- err
+			cleanup()
+			return fmt.Errorf("projections: rebuild %q failed: %w", name, err)
+		case <-tick.C:
+		}
+		st, err := rp.consumer().Status(ctx)
+		if err != nil {
+			continue // the consumer is being created
+		}
+		pos := st.Position
+		if rp.cp {
+			pos = max(pos, rp.skip.Load())
+		}
+		progress(Progress{Name: name, Position: min(pos, target), Target: target, Applied: st.Handled})
+		if st.Lag == 0 {
+			break // caught up with everything that matches
+		}
+	}
+	// Switch over: the rebuilt consumer replaces the old one.
+	stop()
+	if err := <-runErr; err != nil {
+		return fmt.Errorf("projections: rebuild %q: %w", name, err)
+	}
+	r.mu.Lock()
+	rp.p.Name = name
+	r.projs[name] = rp
+	r.mu.Unlock()
+	old.stopRunning() // Run goes on with the replacement
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := r.js.DeleteConsumer(dctx, r.store.Name(), old.consumer().Name()); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		r.log.Warn("esnats: could not delete the replaced consumer", "projection", name, "consumer", old.consumer().Name(), "error", err)
+	}
+	st, _ := rp.consumer().Status(ctx)
+	progress(Progress{Name: name, Position: target, Target: target, Applied: st.Handled, Done: true})
+	return nil
+}
+
+func sortStrings(s []string) []string {
+	for i := 1; i < len(s); i++ {
+		for j := i; j > 0 && s[j] < s[j-1]; j-- {
+			s[j], s[j-1] = s[j-1], s[j]
+		}
+	}
+	return s
+}
