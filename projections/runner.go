@@ -254,6 +254,9 @@ func (r *Runner) supervise(ctx context.Context, name string) error {
 		rp.mu.Unlock()
 		err = rp.consumer().Run(pctx)
 		cancel()
+		rp.mu.Lock()
+		rp.cancel = nil
+		rp.mu.Unlock()
 		if err != nil {
 			return fmt.Errorf("projections: %q: %w", name, err)
 		}
@@ -456,6 +459,53 @@ func (r *Runner) Rebuild(ctx context.Context, name string, fresh ReadModel, prog
 	}
 	st, _ := rp.consumer().Status(ctx)
 	progress(Progress{Name: name, Position: target, Target: target, Applied: st.Handled, Done: true})
+	return nil
+}
+
+// Reset moves a projection back to stream sequence seq (1 or 0: the start):
+// events from seq on are delivered again. An exactly-once (Checkpointed)
+// model can only be reset to the start, and must be a Resetter: its data
+// and checkpoint are dropped first. Any other model keeps its data and must
+// take the events again idempotently.
+//
+// Reset is an operator's action on a stopped projection: it fails while this
+// runner runs the projection, and other processes running it must be
+// stopped first (a standby that takes over meanwhile would race the reset).
+func (r *Runner) Reset(ctx context.Context, name string, seq uint64) error {
+	rp, err := r.get(name)
+	if err != nil {
+		return err
+	}
+	rp.mu.Lock()
+	running := rp.cancel != nil
+	rp.mu.Unlock()
+	if running {
+		return fmt.Errorf("projections: %q is running; stop it before a reset", name)
+	}
+	seq = max(seq, 1)
+	if rp.cp {
+		if seq > 1 {
+			return fmt.Errorf("projections: %q has an exactly-once model: it can only be reset to the start (its checkpoint would skip the events again)", name)
+		}
+		res, ok := rp.p.Model.(Resetter)
+		if !ok {
+			return fmt.Errorf("projections: %q: the model cannot be reset (it is not a Resetter)", name)
+		}
+		if err := res.Reset(ctx); err != nil {
+			return fmt.Errorf("projections: %q: resetting the model: %w", name, err)
+		}
+		rp.skip.Store(0)
+	}
+	durable, err := r.durable(ctx, name, rp.consumer().Name())
+	if err != nil {
+		return err
+	}
+	if _, err := r.js.ResetConsumerToSequence(ctx, r.store.Name(), durable, seq); err != nil {
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return nil // not created yet: it will start at its configured start
+		}
+		return fmt.Errorf("projections: %q: resetting consumer %q to sequence %d: %w", name, durable, seq, err)
+	}
 	return nil
 }
 

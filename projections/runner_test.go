@@ -223,3 +223,39 @@ func TestRunnerRebuildGivesIdenticalModel(t *testing.T) {
 	}
 	assert.Len(t, names, 1, "the replaced consumer was deleted: %v", names)
 }
+
+func TestRunnerReset(t *testing.T) {
+	e := newRunnerEnv(t)
+	e.fill(t, 0, 300)
+	ctx := context.Background()
+	runOnce := func(r *projections.Runner, name string) {
+		rctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- r.Run(rctx) }()
+		waitLag0(t, r, name)
+		cancel()
+		require.NoError(t, <-done)
+	}
+	// Ack-floor model: replays from the position given.
+	model := &lastSKU{m: map[string]string{}}
+	r := projections.NewRunner(e.js, e.store, nil)
+	require.NoError(t, r.Add(projections.Projection{Name: "last", Model: model}))
+	runOnce(r, "last")
+	require.NoError(t, r.Reset(ctx, "last", 251))
+	runOnce(r, "last")
+	model.mu.Lock()
+	assert.Equal(t, 350, model.n, "events 251..300 delivered again")
+	model.mu.Unlock()
+
+	// Exactly-once model: only to the start, dropping its data.
+	counts := perSKU()
+	r2 := projections.NewRunner(e.js, e.store, nil)
+	require.NoError(t, r2.Add(projections.Projection{Name: "counts", Model: counts}))
+	runOnce(r2, "counts")
+	require.Error(t, r2.Reset(ctx, "counts", 100))
+	require.NoError(t, r2.Reset(ctx, "counts", 0))
+	cp, _ := counts.Checkpoint(ctx)
+	assert.Zero(t, cp)
+	runOnce(r2, "counts")
+	assert.Equal(t, expected(300), counts.Snapshot())
+}
