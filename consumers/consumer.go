@@ -413,12 +413,17 @@ func (c *Consumer) Run(ctx context.Context) error {
 				break fill
 			}
 		}
-		// A redelivery of an event already finished in this run (its
-		// ack wait ran out): skip it, keeping the order.
+		// A redelivery of an event already finished or already in hand
+		// (its ack wait ran out): skip it, keeping the order.
 		fresh := batch[:0]
+		seen := lastSeq
 		for _, m := range batch {
-			if md, err := m.Metadata(); err == nil && md.Sequence.Stream <= lastSeq {
-				continue
+			md, err := m.Metadata()
+			if err == nil && md.Sequence.Stream <= seen {
+				continue // also a second copy within this batch
+			}
+			if err == nil {
+				seen = md.Sequence.Stream
 			}
 			fresh = append(fresh, m)
 		}
