@@ -109,6 +109,13 @@ type Config struct {
 	PinnedTTL time.Duration
 	// Logger gets parked events, fail-overs and errors. Default: discard.
 	Logger *slog.Logger
+	// ResumeAt, if set, tells where a process that takes the consumer over
+	// must resume: the stream sequence of the first event it still needs
+	// (for a read model that keeps its own checkpoint: checkpoint + 1).
+	// Default: the consumer's acknowledgement floor + 1. Needs a consumer
+	// that starts from the beginning (the default Start) or before that
+	// sequence; otherwise the floor is used and a warning logged.
+	ResumeAt func(ctx context.Context) (uint64, error)
 }
 
 func (c Config) withDefaults(store *stream.Store) Config {
@@ -344,6 +351,9 @@ func (c *Consumer) ensure(ctx context.Context) (jetstream.Consumer, error) {
 func (c *Consumer) Run(ctx context.Context) error {
 	cons, err := c.ensure(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
 		return err
 	}
 	var (
@@ -383,6 +393,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case err := <-sub.gone:
+			released = true // nothing to give back: the consumer is gone
+			sub.stop()
+			return fmt.Errorf("consumers: durable consumer %q of stream %q was deleted while running (a rebuild elsewhere, or an operator): %w", c.cfg.Name, c.store.Name(), err)
 		case m := <-sub.msgs:
 			batch = append(batch, m)
 		}
@@ -391,11 +405,11 @@ func (c *Consumer) Run(ctx context.Context) error {
 			// that stopped or died, or to us) goes back to the ack
 			// floor, and a fresh subscription receives from there.
 			sub.stop()
-			if _, err := c.js.ResetConsumer(ctx, c.store.Name(), c.cfg.Name); err != nil {
+			if err := c.resume(ctx); err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
-				return fmt.Errorf("consumers: resetting %q to its acknowledgement floor on take-over: %w", c.cfg.Name, err)
+				return err
 			}
 			c.cfg.Logger.Info("esnats: consumer active", "consumer", c.cfg.Name)
 			if sub, err = c.pull(cons); err != nil {
@@ -446,19 +460,49 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 }
 
+// resume resets the consumer on take-over: to ResumeAt's sequence if set,
+// else to the acknowledgement floor.
+func (c *Consumer) resume(ctx context.Context) error {
+	if c.cfg.ResumeAt != nil {
+		seq, err := c.cfg.ResumeAt(ctx)
+		if err != nil {
+			return fmt.Errorf("consumers: %q: where to resume: %w", c.cfg.Name, err)
+		}
+		_, err = c.js.ResetConsumerToSequence(ctx, c.store.Name(), c.cfg.Name, max(seq, 1))
+		if err == nil {
+			return nil
+		}
+		c.cfg.Logger.Warn("esnats: consumer cannot resume where asked; resuming at its acknowledgement floor", "consumer", c.cfg.Name, "sequence", seq, "error", err)
+	}
+	if _, err := c.js.ResetConsumer(ctx, c.store.Name(), c.cfg.Name); err != nil {
+		return fmt.Errorf("consumers: resetting %q to its acknowledgement floor on take-over: %w", c.cfg.Name, err)
+	}
+	return nil
+}
+
 // pull is one subscription of a consumer's messages.
 type pull struct {
 	cc   jetstream.ConsumeContext
 	msgs chan jetstream.Msg
+	gone chan error // the durable consumer was deleted
 }
 
 func (c *Consumer) pull(cons jetstream.Consumer) (*pull, error) {
-	p := &pull{msgs: make(chan jetstream.Msg, 2*c.cfg.BatchSize)}
+	p := &pull{msgs: make(chan jetstream.Msg, 2*c.cfg.BatchSize), gone: make(chan error, 1)}
 	cc, err := cons.Consume(func(m jetstream.Msg) { p.msgs <- m },
 		jetstream.PullMaxMessages(2*c.cfg.BatchSize),
 		jetstream.PullPriorityGroup(c.cfg.Group),
 		jetstream.PullExpiry(min(max(c.cfg.PinnedTTL/2, time.Second), 30*time.Second)),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			// Only the server's explicit notice: "not found" also shows up
+			// for a moment while a replicated consumer changes leader.
+			if errors.Is(err, jetstream.ErrConsumerDeleted) {
+				select {
+				case p.gone <- err:
+				default:
+				}
+				return
+			}
 			if !errors.Is(err, jetstream.ErrPinIDMismatch) && !errors.Is(err, nats.ErrTimeout) {
 				c.cfg.Logger.Debug("esnats: consumer pull", "consumer", c.cfg.Name, "error", err)
 			}

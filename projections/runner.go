@@ -103,6 +103,20 @@ func (r *Runner) newConsumer(rp *running, p Projection, durable string) (*consum
 	cfg.Name = durable
 	cfg.AggregateTypes = p.AggregateTypes
 	cfg.EventTypes = p.EventTypes
+	if cp, ok := p.Model.(Checkpointed); ok {
+		// A process taking over resumes after its model's checkpoint, not
+		// at the consumer's floor: its model may be behind (a Memory model
+		// of a fresh process, a database restored from a backup) or ahead
+		// (applied, not yet acknowledged).
+		cfg.ResumeAt = func(ctx context.Context) (uint64, error) {
+			seq, err := cp.Checkpoint(ctx)
+			if err != nil {
+				return 0, err
+			}
+			rp.skip.Store(seq)
+			return seq + 1, nil
+		}
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = r.log
 	}
@@ -146,9 +160,9 @@ func (r *Runner) batchHandler(rp *running) consumers.BatchHandler {
 }
 
 // start reads a Checkpointed model's checkpoint (events at or below it are
-// skipped), and picks the durable consumer: the newest one a rebuild left
-// (<name>-r<time>) if there is one, and for a consumer still to be created,
-// the position after the checkpoint.
+// skipped; the consumer resumes after it, see newConsumer), and picks the
+// durable consumer: the newest one a rebuild left (<name>-r<time>) if there
+// is one.
 func (r *Runner) start(ctx context.Context, rp *running) error {
 	var cp uint64
 	if rp.cp {
@@ -162,14 +176,10 @@ func (r *Runner) start(ctx context.Context, rp *running) error {
 	if err != nil {
 		return err
 	}
-	if durable == rp.consumer().Name() && cp == 0 {
+	if durable == rp.consumer().Name() {
 		return nil
 	}
-	p := rp.p
-	if cp > 0 {
-		p.Consumer.Start = consumers.FromSequence(cp + 1) // used only if it must be created
-	}
-	cons, err := r.newConsumer(rp, p, durable)
+	cons, err := r.newConsumer(rp, rp.p, durable)
 	if err != nil {
 		return err
 	}
@@ -246,6 +256,9 @@ func (r *Runner) supervise(ctx context.Context, name string) error {
 			return err
 		}
 		if err := r.start(ctx, rp); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
 			return err
 		}
 		pctx, cancel := context.WithCancel(ctx)
@@ -326,14 +339,15 @@ func (r *Runner) StatusOf(ctx context.Context, name string) (Status, error) {
 	}
 	st := Status{Name: name, Position: cs.Position, Lag: cs.Lag, Rate: cs.Rate, Parked: cs.Parked, LastError: cs.LastError, Mode: "ack-floor"}
 	if rp.cp {
+		// The model may be ahead of the consumer's floor (applied, not yet
+		// acknowledged). It is never behind it while a process runs the
+		// projection: taking over resumes after the model's checkpoint.
 		st.Mode = "exactly-once"
 		cp, err := rp.p.Model.(Checkpointed).Checkpoint(ctx)
 		if err != nil {
 			return Status{}, err
 		}
-		if cp > st.Position {
-			st.Position = cp
-		}
+		st.Position = max(st.Position, cp)
 	}
 	return st, nil
 }

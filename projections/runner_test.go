@@ -259,3 +259,50 @@ func TestRunnerReset(t *testing.T) {
 	runOnce(r2, "counts")
 	assert.Equal(t, expected(300), counts.Snapshot())
 }
+
+// A process whose exactly-once model is behind the consumer (a Memory model
+// in a new process, a database restored from a backup) resumes after its
+// own checkpoint, not at the consumer's position.
+func TestRunnerModelBehindConsumer(t *testing.T) {
+	e := newRunnerEnv(t)
+	e.fill(t, 0, 200)
+	ctx := context.Background()
+	run := func(model *projections.Memory[int]) projections.Status {
+		r := projections.NewRunner(e.js, e.store, nil)
+		require.NoError(t, r.Add(projections.Projection{Name: "per-sku", Model: model}))
+		rctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- r.Run(rctx) }()
+		st := waitLag0(t, r, "per-sku")
+		cancel()
+		require.NoError(t, <-done)
+		return st
+	}
+	first := perSKU()
+	run(first)
+	assert.Equal(t, expected(200), first.Snapshot())
+	e.fill(t, 200, 10)
+	second := perSKU() // starts empty
+	st := run(second)
+	assert.EqualValues(t, 210, st.Position)
+	assert.Equal(t, expected(210), second.Snapshot(), "the empty model got the whole history")
+}
+
+// Run ends with an error when its durable consumer is deleted under it.
+func TestRunnerConsumerDeleted(t *testing.T) {
+	e := newRunnerEnv(t)
+	e.fill(t, 0, 20)
+	r := projections.NewRunner(e.js, e.store, nil)
+	require.NoError(t, r.Add(projections.Projection{Name: "per-sku", Model: perSKU()}))
+	done := make(chan error, 1)
+	go func() { done <- r.Run(context.Background()) }()
+	waitLag0(t, r, "per-sku")
+	require.NoError(t, e.js.DeleteConsumer(context.Background(), "shop", "per-sku"))
+	select {
+	case err := <-done:
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "deleted")
+	case <-time.After(15 * time.Second):
+		t.Fatal("Run did not notice its consumer was deleted")
+	}
+}

@@ -3,7 +3,9 @@
 // run through an aggregate.Repository on a JetStream event store with
 // snapshots in a JetStream KV bucket. It shows rejected commands, the stored
 // events, two concurrent writers whose conflict is resolved by Update's
-// retry, and a long history loaded from a snapshot plus the events after it.
+// retry, a long history loaded from a snapshot plus the events after it, and
+// a projection worker that keeps the units per product across all carts in a
+// JetStream KV bucket, exactly once, resuming where it stopped.
 //
 // It starts an embedded NATS server with JetStream in a temporary directory,
 // or uses the server at $NATS_URL when set (then cart ids get a per-run
@@ -21,6 +23,7 @@ import (
 	"iter"
 	"log"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,8 +31,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/esnats/esnats/aggregate"
+	"github.com/esnats/esnats/consumers"
 	"github.com/esnats/esnats/examples/internal/exampleenv"
 	"github.com/esnats/esnats/kv"
+	"github.com/esnats/esnats/projections"
 	"github.com/esnats/esnats/stream"
 )
 
@@ -77,7 +82,10 @@ func run(ctx context.Context, w io.Writer, js jetstream.JetStream, suffix string
 	if err := d.concurrentWriters(ctx); err != nil {
 		return err
 	}
-	return d.longHistory(ctx)
+	if err := d.longHistory(ctx); err != nil {
+		return err
+	}
+	return d.itemsPerProduct(ctx, js)
 }
 
 // repository returns a new repository of carts (with its own cache, as
@@ -324,6 +332,202 @@ func (c *countingStore) Load(ctx context.Context, agg stream.Aggregate, opts ...
 			if !yield(e, err) {
 				return
 			}
+		}
+	}
+}
+
+// itemsPerProduct runs the items-per-product projection (projection.go) in
+// a worker goroutine, as a projection worker process would: it shows the
+// worker catching up with the events stored so far, the read model, and a
+// second worker (as after a restart) resuming where the first stopped.
+func (d *demo) itemsPerProduct(ctx context.Context, js jetstream.JetStream) error {
+	fmt.Fprintf(d.w, "\n4. a projection worker keeps the units per product of all carts in KV bucket %q\n", ItemsPerProductBucket)
+	first, err := d.newWorker(ctx, js)
+	if err != nil {
+		return err
+	}
+	defer first.stop()
+	last, err := lastSequence(ctx, js, d.store)
+	if err != nil {
+		return err
+	}
+	if st, err := first.runner.StatusOf(ctx, ItemsPerProduct); err == nil {
+		fmt.Fprintf(d.w, "   before the worker runs: position %d, lag %d\n", st.Position, st.Lag)
+	} else {
+		// The projection's durable consumer does not exist until a worker
+		// has run it.
+		cp, err := first.model.Checkpoint(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(d.w, "   before the worker runs: read model at position %d, the store's last event at %d\n", cp, last)
+	}
+	first.run(ctx)
+	st, took, err := first.caughtUp(ctx, last)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(d.w, "   worker started, caught up in %s: position %d, lag %d (%s)\n", took, st.Position, st.Lag, st.Mode)
+	if err := d.printProducts(ctx, first.model); err != nil {
+		return err
+	}
+
+	if err := first.stop(); err != nil {
+		return err
+	}
+	apple, _ := quantity(ctx, first.model, "apple")
+	fig, _ := quantity(ctx, first.model, "fig")
+	dave := "dave" + d.suffix
+	repo, err := d.repository(100)
+	if err != nil {
+		return err
+	}
+	defer repo.Flush()
+	if err := repo.Update(ctx, dave, func(c *Cart) error {
+		if err := c.AddItem("apple", 4); err != nil {
+			return err
+		}
+		return c.AddItem("fig", 2)
+	}); err != nil {
+		return err
+	}
+	if st, err = first.runner.StatusOf(ctx, ItemsPerProduct); err != nil {
+		return err
+	}
+	fmt.Fprintf(d.w, "   worker stopped; dave adds 4 apple and 2 fig meanwhile: position %d, lag %d\n", st.Position, st.Lag)
+
+	second, err := d.newWorker(ctx, js)
+	if err != nil {
+		return err
+	}
+	defer second.stop()
+	second.run(ctx)
+	if last, err = lastSequence(ctx, js, d.store); err != nil {
+		return err
+	}
+	if st, took, err = second.caughtUp(ctx, last); err != nil {
+		return err
+	}
+	apple2, err := quantity(ctx, second.model, "apple")
+	if err != nil {
+		return err
+	}
+	fig2, err := quantity(ctx, second.model, "fig")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(d.w, "   a new worker resumes, caught up in %s: position %d, lag %d; apple %d -> %d, fig %d -> %d\n",
+		took, st.Position, st.Lag, apple, apple2, fig, fig2)
+	return second.stop()
+}
+
+// printProducts prints the read model as a table, in two columns of rows.
+func (d *demo) printProducts(ctx context.Context, model *projections.KV) error {
+	rows, err := Products(ctx, model)
+	if err != nil {
+		return err
+	}
+	half := (len(rows) + 1) / 2
+	fmt.Fprintf(d.w, "   %-8s %8s    %-8s %8s\n", "product", "quantity", "product", "quantity")
+	for i := range half {
+		line := fmt.Sprintf("   %-8s %8d", rows[i].Product, rows[i].Quantity)
+		if j := half + i; j < len(rows) {
+			line += fmt.Sprintf("    %-8s %8d", rows[j].Product, rows[j].Quantity)
+		}
+		fmt.Fprintln(d.w, line)
+	}
+	return nil
+}
+
+// quantity reads one product's quantity from the read model (0 if absent).
+func quantity(ctx context.Context, model *projections.KV, sku string) (int, error) {
+	key, err := stream.EncodeID(sku)
+	if err != nil {
+		return 0, err
+	}
+	data, ok, err := model.Get(ctx, key)
+	if err != nil || !ok {
+		return 0, err
+	}
+	return strconv.Atoi(string(data))
+}
+
+// lastSequence returns the stream sequence of the store's last event.
+func lastSequence(ctx context.Context, js jetstream.JetStream, store *stream.Store) (uint64, error) {
+	s, err := js.Stream(ctx, store.Name())
+	if err != nil {
+		return 0, err
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.State.LastSeq, nil
+}
+
+// worker is a projection worker: a Runner of the items-per-product
+// projection, run in a goroutine.
+type worker struct {
+	runner *projections.Runner
+	model  *projections.KV
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// newWorker prepares a worker with its own read model handle, as another
+// process would have; run starts it.
+func (d *demo) newWorker(ctx context.Context, js jetstream.JetStream) (*worker, error) {
+	proj, model, err := NewItemsPerProduct(ctx, js, d.store.Registry(), projections.KVConfig{}, consumers.Config{})
+	if err != nil {
+		return nil, err
+	}
+	runner := projections.NewRunner(js, d.store, nil)
+	if err := runner.Add(proj); err != nil {
+		return nil, err
+	}
+	return &worker{runner: runner, model: model}, nil
+}
+
+// run starts the worker's Runner in a goroutine.
+func (w *worker) run(ctx context.Context) {
+	ctx, w.cancel = context.WithCancel(ctx)
+	w.done = make(chan error, 1)
+	go func() { w.done <- w.runner.Run(ctx) }()
+}
+
+// stop stops the worker and returns what Run returned. The worker finishes
+// and acknowledges the batch in hand first. It may be called more than once.
+func (w *worker) stop() error {
+	if w.cancel == nil {
+		return nil
+	}
+	w.cancel()
+	w.cancel = nil
+	return <-w.done
+}
+
+// caughtUp waits until the projection has applied the events up to
+// position, and says how long that took.
+func (w *worker) caughtUp(ctx context.Context, position uint64) (projections.Status, time.Duration, error) {
+	start := time.Now()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		// StatusOf fails until Run has created the projection's consumer.
+		st, err := w.runner.StatusOf(ctx, ItemsPerProduct)
+		if err == nil && st.Lag == 0 && st.Position >= position {
+			return st, time.Since(start).Round(time.Millisecond), nil
+		}
+		select {
+		case <-ctx.Done():
+			return projections.Status{}, 0, fmt.Errorf("projection %s did not catch up with position %d: %w", ItemsPerProduct, position, ctx.Err())
+		case err := <-w.done:
+			w.done <- err
+			if err == nil {
+				err = errors.New("it returned early")
+			}
+			return projections.Status{}, 0, fmt.Errorf("projection worker stopped: %w", err)
+		case <-tick.C:
 		}
 	}
 }
