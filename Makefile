@@ -19,6 +19,7 @@ demo:
 ## bench: benchmarks, each beside the raw JetStream operation it is built on
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -benchmem ./stream/ ./aggregate/
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./projections/
 
 ## lint: formatting and vet
 lint:
