@@ -363,6 +363,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		sub      *pull
 		active   bool   // this run holds the pin and has resynchronised
 		lastSeq  uint64 // stream sequence of the last event finished in this run
+		nextDSeq uint64 // the consumer sequence the next delivery must have
 		batch    = make([]jetstream.Msg, 0, c.cfg.BatchSize)
 		released bool
 	)
@@ -396,6 +397,14 @@ func (c *Consumer) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-sub.lostPin:
+			// Another process holds the pin now: what we hold is stale.
+			// Take over again (with a reset) if the pin comes back.
+			if active {
+				c.cfg.Logger.Info("esnats: consumer lost its pin", "consumer", c.cfg.Name)
+			}
+			active = false
+			continue
 		case err := <-sub.gone:
 			released = true // nothing to give back: the consumer is gone
 			sub.stop()
@@ -415,10 +424,14 @@ func (c *Consumer) Run(ctx context.Context) error {
 				return err
 			}
 			c.cfg.Logger.Info("esnats: consumer active", "consumer", c.cfg.Name)
-			if sub, err = c.pull(cons); err != nil {
+			next, err := c.pull(cons)
+			if err != nil {
+				released = true // the old subscription is stopped; nothing to reset
 				return err
 			}
+			sub = next
 			active = true
+			nextDSeq = 1 // a reset numbers deliveries from 1 again
 			continue
 		}
 	fill:
@@ -429,6 +442,25 @@ func (c *Consumer) Run(ctx context.Context) error {
 			default:
 				break fill
 			}
+		}
+		// Every delivery since our reset is numbered 1, 2, 3...: a gap
+		// means deliveries were lost (a broken connection, a dropped
+		// slow consumer) or went to another process. Acknowledging past
+		// them (AckAll) would acknowledge events never handled: take over
+		// again instead, from the acknowledgement floor.
+		gap := false
+		for _, m := range batch {
+			md, err := m.Metadata()
+			if err != nil || md.Sequence.Consumer != nextDSeq {
+				gap = true
+				break
+			}
+			nextDSeq++
+		}
+		if gap {
+			c.cfg.Logger.Info("esnats: consumer deliveries out of sequence; resynchronising", "consumer", c.cfg.Name)
+			active = false
+			continue
 		}
 		// A redelivery of an event already finished or already in hand
 		// (its ack wait ran out): skip it, keeping the order.
@@ -475,6 +507,11 @@ func (c *Consumer) resume(ctx context.Context) error {
 		if err == nil {
 			return nil
 		}
+		var apiErr *jetstream.APIError
+		if !errors.Is(err, jetstream.ErrConsumerInvalidReset) && !(errors.As(err, &apiErr) && apiErr.Code == 400) {
+			return fmt.Errorf("consumers: %q: resetting to sequence %d on take-over: %w", c.cfg.Name, seq, err)
+		}
+		// Refused (below the consumer's start): the floor it is.
 		c.cfg.Logger.Warn("esnats: consumer cannot resume where asked; resuming at its acknowledgement floor", "consumer", c.cfg.Name, "sequence", seq, "error", err)
 	}
 	if _, err := c.js.ResetConsumer(ctx, c.store.Name(), c.cfg.Name); err != nil {
@@ -485,13 +522,14 @@ func (c *Consumer) resume(ctx context.Context) error {
 
 // pull is one subscription of a consumer's messages.
 type pull struct {
-	cc   jetstream.ConsumeContext
-	msgs chan jetstream.Msg
-	gone chan error // the durable consumer was deleted
+	cc      jetstream.ConsumeContext
+	msgs    chan jetstream.Msg
+	gone    chan error    // the durable consumer was deleted
+	lostPin chan struct{} // the server says another process holds the pin
 }
 
 func (c *Consumer) pull(cons jetstream.Consumer) (*pull, error) {
-	p := &pull{msgs: make(chan jetstream.Msg, 2*c.cfg.BatchSize), gone: make(chan error, 1)}
+	p := &pull{msgs: make(chan jetstream.Msg, 2*c.cfg.BatchSize), gone: make(chan error, 1), lostPin: make(chan struct{}, 1)}
 	cc, err := cons.Consume(func(m jetstream.Msg) { p.msgs <- m },
 		jetstream.PullMaxMessages(2*c.cfg.BatchSize),
 		jetstream.PullPriorityGroup(c.cfg.Group),
@@ -506,7 +544,14 @@ func (c *Consumer) pull(cons jetstream.Consumer) (*pull, error) {
 				}
 				return
 			}
-			if !errors.Is(err, jetstream.ErrPinIDMismatch) && !errors.Is(err, nats.ErrTimeout) {
+			if errors.Is(err, jetstream.ErrPinIDMismatch) {
+				select {
+				case p.lostPin <- struct{}{}:
+				default:
+				}
+				return
+			}
+			if !errors.Is(err, nats.ErrTimeout) {
 				c.cfg.Logger.Debug("esnats: consumer pull", "consumer", c.cfg.Name, "error", err)
 			}
 		}))

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/esnats/esnats/consumers"
 	"github.com/esnats/esnats/embedded"
+	"github.com/esnats/esnats/internal/faultproxy"
 	"github.com/esnats/esnats/stream"
 )
 
@@ -406,4 +408,62 @@ func TestConsumerFailover(t *testing.T) {
 		total[s] = true
 	}
 	assert.Len(t, total, 240)
+}
+
+// A worker whose connection breaks and comes back loses the deliveries that
+// were in flight; it must notice the gap (or the lost pin) and take over
+// again from the acknowledgement floor instead of acknowledging past them.
+func TestConsumerConnectionBlipLosesNothing(t *testing.T) {
+	e := setup(t)
+	px, err := faultproxy.New(strings.TrimPrefix(e.srv.ClientURL(), "nats://"))
+	require.NoError(t, err)
+	t.Cleanup(px.Close)
+	nc, err := nats.Connect(px.URL(), nats.ReconnectWait(10*time.Millisecond), nats.MaxReconnects(-1))
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	st, err := stream.OpenStore(context.Background(), js, stream.Config{Name: "shop", Registry: registry()})
+	require.NoError(t, err)
+	c, err := consumers.New(js, st, consumers.Config{Name: "blip", BatchSize: 20, PinnedTTL: 2 * time.Second, AckWait: 3 * time.Second})
+	require.NoError(t, err)
+	rec := newRecorder()
+	require.NoError(t, consumers.On(c, func(_ context.Context, ev *stream.Event, _ ItemAdded) error {
+		rec.add(ev.Sequence)
+		time.Sleep(500 * time.Microsecond)
+		return nil
+	}))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runAsync(ctx, c)
+	e.appendItems(t, 600)
+	for range 3 {
+		before := rec.count()
+		require.Eventually(t, func() bool { return rec.count() >= before+60 || rec.count() == 600 }, 20*time.Second, time.Millisecond)
+		px.Cut() // the connection drops with deliveries in flight, and comes back
+	}
+	require.Eventually(t, func() bool { return rec.count() == 600 }, 30*time.Second, 10*time.Millisecond, "handled %d of 600", rec.count())
+	require.Eventually(t, func() bool {
+		s, err := c.Status(context.Background())
+		return err == nil && s.Position == 600
+	}, 10*time.Second, 10*time.Millisecond)
+	cancel()
+	require.NoError(t, <-done)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for i := 1; i < len(rec.seqs); i++ {
+		// Order: a resynchronisation may deliver again from the floor,
+		// never skip ahead of an event not yet handled.
+		if rec.seqs[i] <= rec.seqs[i-1] {
+			continue
+		}
+		require.LessOrEqual(t, rec.seqs[i], maxSeen(rec.seqs[:i])+1, "skipped ahead at delivery %d", i)
+	}
+}
+
+func maxSeen(s []uint64) uint64 {
+	var m uint64
+	for _, v := range s {
+		m = max(m, v)
+	}
+	return m
 }

@@ -28,8 +28,8 @@ type Projection struct {
 	// consumer's acknowledgement floor is its position).
 	Model ReadModel
 	// Consumer tunes the delivery (batch size, retries, failure policy,
-	// fail-over); Name, AggregateTypes, EventTypes and Start are set by the
-	// runner.
+	// fail-over, start of a new consumer); Name, AggregateTypes, EventTypes
+	// and (for Checkpointed models) ResumeAt are set by the runner.
 	Consumer consumers.Config
 }
 
@@ -150,6 +150,13 @@ func (r *Runner) batchHandler(rp *running) consumers.BatchHandler {
 			}
 		}
 		if err := rp.p.Model.Apply(ctx, evs); err != nil {
+			if rp.cp {
+				// The batch may have committed before the error: retry
+				// with the model's own checkpoint.
+				if cp, cerr := rp.p.Model.(Checkpointed).Checkpoint(ctx); cerr == nil {
+					rp.skip.Store(cp)
+				}
+			}
 			return err
 		}
 		if rp.cp {
@@ -198,6 +205,8 @@ func (r *Runner) durable(ctx context.Context, name, current string) (string, err
 	}
 	if _, err := st.Consumer(ctx, current); err == nil {
 		return current, nil
+	} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return "", fmt.Errorf("projections: %q: looking up consumer %q: %w", name, current, err)
 	}
 	best := current
 	names := st.ConsumerNames(ctx)

@@ -345,7 +345,10 @@ func (s *Store) findLanded(ctx context.Context, ps []*prepared) ([]AppendResult,
 			break
 		}
 	}
-	return nil, &Error{Op: "append", Subject: p.filter, Err: fmt.Errorf("%w: event id %q is already stored for another aggregate within the duplicate window", ErrInvalidID, p.ids[0])}
+	// The server holds our ids but we could not find where: never claim it
+	// is someone else's (a caller retrying with new ids would store the
+	// events twice).
+	return nil, &Error{Op: "append", Subject: p.filter, Err: fmt.Errorf("%w: the server reports event id %q as already stored, but it was not found on this aggregate's recent events (another aggregate may hold it)", ErrIndeterminate, p.ids[0])}
 }
 
 func (s *Store) noStream(subject string, err error) error {
