@@ -209,6 +209,7 @@ type Consumer struct {
 	handlers map[string]Handler
 	batch    BatchHandler
 	stats    stats
+	stopping <-chan struct{} // Run's ctx.Done, for retry waits
 }
 
 type stats struct {
@@ -479,12 +480,17 @@ func (c *Consumer) Run(ctx context.Context) error {
 		if len(fresh) == 0 {
 			continue
 		}
-		// The batch in hand is finished even if ctx ends meanwhile.
+		// The batch in hand is finished even if ctx ends meanwhile, but
+		// retry waits end with ctx (see retry).
+		c.stopping = ctx.Done()
 		done, err := c.process(context.WithoutCancel(ctx), fresh)
 		if done >= 0 {
 			if md, merr := fresh[done].Metadata(); merr == nil {
 				lastSeq = md.Sequence.Stream
 			}
+		}
+		if errors.Is(err, errStopping) {
+			return nil // the rest is delivered again after the reset in leave
 		}
 		if err != nil {
 			return err
@@ -494,6 +500,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// errStopping ends a batch whose handler is failing when Run is asked to
+// stop: what is finished is acknowledged, the rest delivered again later.
+var errStopping = errors.New("consumers: stopping during retries")
 
 // resume resets the consumer on take-over: to ResumeAt's sequence if set,
 // else to the acknowledgement floor.
@@ -659,6 +669,9 @@ func (c *Consumer) deliver(ctx context.Context, batchH BatchHandler, handlers ma
 	}
 	if batchH != nil {
 		err := c.retry(ctx, msgs, func() error { return batchH(ctx, events) })
+		if errors.Is(err, errStopping) {
+			return err
+		}
 		if err == nil {
 			c.done(len(events))
 			*lastDone = index[len(index)-1]
@@ -682,6 +695,9 @@ func (c *Consumer) deliver(ctx context.Context, batchH BatchHandler, handlers ma
 	for i, ev := range events {
 		h := handlers[ev.Type]
 		if err := c.retry(ctx, msgs, func() error { return h(ctx, ev) }); err != nil {
+			if errors.Is(err, errStopping) {
+				return err
+			}
 			if err := c.fail(ctx, msgs[index[i]], ev.Sequence, c.cfg.Retries, err); err != nil {
 				return err
 			}
@@ -720,6 +736,9 @@ func (c *Consumer) retry(ctx context.Context, msgs []jetstream.Msg, fn func() er
 		case <-ctx.Done():
 			t.Stop()
 			return err
+		case <-c.stopping:
+			t.Stop()
+			return errStopping
 		case <-t.C:
 		}
 		wait = min(2*wait, c.cfg.MaxBackoff)

@@ -467,3 +467,33 @@ func maxSeen(s []uint64) uint64 {
 	}
 	return m
 }
+
+// Stopping while a handler keeps failing does not wait for the retries to
+// run out, and parks nothing: the event is delivered again next time.
+func TestConsumerStopDuringRetries(t *testing.T) {
+	e := setup(t)
+	e.appendItems(t, 3)
+	c, err := consumers.New(e.js, e.store, consumers.Config{Name: "stuck", Retries: 100, Backoff: time.Second, MaxBackoff: time.Second})
+	require.NoError(t, err)
+	var calls atomic.Int32
+	require.NoError(t, consumers.On(c, func(context.Context, *stream.Event, ItemAdded) error {
+		calls.Add(1)
+		return errors.New("down")
+	}))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runAsync(ctx, c)
+	require.Eventually(t, func() bool { return calls.Load() >= 1 }, 10*time.Second, time.Millisecond)
+	cancel()
+	stopped := time.Now()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not stop during retries")
+	}
+	assert.Less(t, time.Since(stopped), 5*time.Second)
+	st, err := c.Status(context.Background())
+	require.NoError(t, err)
+	assert.Zero(t, st.Parked)
+	assert.Zero(t, st.Position, "nothing acknowledged: delivered again next time")
+}

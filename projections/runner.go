@@ -274,6 +274,14 @@ func (r *Runner) supervise(ctx context.Context, name string) error {
 		rp.mu.Lock()
 		rp.cancel = cancel
 		rp.mu.Unlock()
+		if cur, err := r.get(name); err != nil || cur != rp {
+			// Switched over by a rebuild between the lookup and now.
+			cancel()
+			rp.mu.Lock()
+			rp.cancel = nil
+			rp.mu.Unlock()
+			continue
+		}
 		err = rp.consumer().Run(pctx)
 		cancel()
 		rp.mu.Lock()
