@@ -73,12 +73,3 @@ func (c *lru[A]) drop(id string) {
 		delete(c.items, id)
 	}
 }
-
-func (c *lru[A]) len() int {
-	if c == nil {
-		return 0
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.order.Len()
-}

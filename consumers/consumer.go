@@ -366,6 +366,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		lastSeq  uint64 // stream sequence of the last event finished in this run
 		nextDSeq uint64 // the consumer sequence the next delivery must have
 		batch    = make([]jetstream.Msg, 0, c.cfg.BatchSize)
+		seqs     = make([]uint64, 0, c.cfg.BatchSize)
 		released bool
 	)
 	if sub, err = c.pull(cons); err != nil {
@@ -449,7 +450,14 @@ func (c *Consumer) Run(ctx context.Context) error {
 		// slow consumer) or went to another process. Acknowledging past
 		// them (AckAll) would acknowledge events never handled: take over
 		// again instead, from the acknowledgement floor.
+		//
+		// A redelivery of an event already finished or already in hand
+		// (its ack wait ran out) is skipped, keeping the order. Each
+		// message's metadata is parsed once, here.
 		gap := false
+		fresh := batch[:0]
+		seqs = seqs[:0]
+		seen := lastSeq
 		for _, m := range batch {
 			md, err := m.Metadata()
 			if err != nil || md.Sequence.Consumer != nextDSeq {
@@ -457,37 +465,33 @@ func (c *Consumer) Run(ctx context.Context) error {
 				break
 			}
 			nextDSeq++
+			if md.Sequence.Stream <= seen {
+				continue // also a second copy within this batch
+			}
+			seen = md.Sequence.Stream
+			fresh = append(fresh, m)
+			seqs = append(seqs, seen)
 		}
 		if gap {
 			c.cfg.Logger.Info("esnats: consumer deliveries out of sequence; resynchronising", "consumer", c.cfg.Name)
 			active = false
 			continue
 		}
-		// A redelivery of an event already finished or already in hand
-		// (its ack wait ran out): skip it, keeping the order.
-		fresh := batch[:0]
-		seen := lastSeq
-		for _, m := range batch {
-			md, err := m.Metadata()
-			if err == nil && md.Sequence.Stream <= seen {
-				continue // also a second copy within this batch
-			}
-			if err == nil {
-				seen = md.Sequence.Stream
-			}
-			fresh = append(fresh, m)
-		}
 		if len(fresh) == 0 {
+			// Only copies of finished events: acknowledge them, or a lost
+			// acknowledgement of their batch would hold the floor back
+			// (and bring them again) for ever.
+			if err := ackUpTo(context.WithoutCancel(ctx), batch[len(batch)-1]); err != nil {
+				c.setErr(err)
+			}
 			continue
 		}
 		// The batch in hand is finished even if ctx ends meanwhile, but
 		// retry waits end with ctx (see retry).
 		c.stopping = ctx.Done()
-		done, err := c.process(context.WithoutCancel(ctx), fresh)
+		done, err := c.process(context.WithoutCancel(ctx), fresh, seqs)
 		if done >= 0 {
-			if md, merr := fresh[done].Metadata(); merr == nil {
-				lastSeq = md.Sequence.Stream
-			}
+			lastSeq = seqs[done]
 		}
 		if errors.Is(err, errStopping) {
 			return nil // the rest is delivered again after the reset in leave
@@ -593,8 +597,9 @@ func (p *pull) stop() {
 }
 
 // process handles a batch and acknowledges what was handled (or parked). It
-// returns the index of the last message finished.
-func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg) (int, error) {
+// returns the index of the last message finished. seqs[i] is msgs[i]'s
+// stream sequence.
+func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg, seqs []uint64) (int, error) {
 	events := make([]*stream.Event, 0, len(msgs))
 	index := make([]int, 0, len(msgs)) // events[i] came from msgs[index[i]]
 	c.mu.Lock()
@@ -608,12 +613,7 @@ func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg) (int, erro
 		return ackUpTo(ctx, msgs[lastDone])
 	}
 	for i, m := range msgs {
-		md, err := m.Metadata()
-		if err != nil {
-			_ = flush()
-			return lastDone, fmt.Errorf("consumers: message without JetStream metadata on %s: %w", m.Subject(), err)
-		}
-		ev, err := c.store.Decode(m.Subject(), md.Sequence.Stream, m.Headers(), m.Data())
+		ev, err := c.store.Decode(m.Subject(), seqs[i], m.Headers(), m.Data())
 		if err != nil {
 			// Poison: undecodable. Handle what came before it, then apply
 			// the failure policy to it.
@@ -622,7 +622,7 @@ func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg) (int, erro
 				return lastDone, err
 			}
 			events, index = events[:0], index[:0]
-			if err := c.fail(ctx, m, md.Sequence.Stream, 1, err); err != nil {
+			if err := c.fail(ctx, m, seqs[i], 1, err); err != nil {
 				_ = flush()
 				return lastDone, err
 			}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -334,7 +335,8 @@ func (r *Runner) Status(ctx context.Context) ([]Status, error) {
 	}
 	r.mu.Unlock()
 	out := make([]Status, 0, len(names))
-	for _, n := range sortStrings(names) {
+	slices.Sort(names)
+	for _, n := range names {
 		st, err := r.StatusOf(ctx, n)
 		if err != nil {
 			return nil, err
@@ -538,13 +540,4 @@ func (r *Runner) Reset(ctx context.Context, name string, seq uint64) error {
 		return fmt.Errorf("projections: %q: resetting consumer %q to sequence %d: %w", name, durable, seq, err)
 	}
 	return nil
-}
-
-func sortStrings(s []string) []string {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j] < s[j-1]; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
-	return s
 }
