@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/esnats/esnats/internal/jsapi"
+
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -26,11 +28,18 @@ func testContext(t *testing.T, d time.Duration) context.Context {
 
 func createFileStream(t *testing.T, ctx context.Context, js jetstream.JetStream, replicas int) jetstream.Stream {
 	t.Helper()
-	st, err := js.CreateStream(ctx, jetstream.StreamConfig{
-		Name:     "ORDERS",
-		Subjects: []string{"orders.>"},
-		Storage:  jetstream.FileStorage,
-		Replicas: replicas,
+	// Creating a stream is idempotent, so an attempt whose reply was lost
+	// (seen once in CI on a freshly elected cluster: the call hung for the
+	// whole test deadline) is retried.
+	var st jetstream.Stream
+	err := jsapi.Retry(ctx, 5*time.Second, func(ctx context.Context) (err error) {
+		st, err = js.CreateStream(ctx, jetstream.StreamConfig{
+			Name:     "ORDERS",
+			Subjects: []string{"orders.>"},
+			Storage:  jetstream.FileStorage,
+			Replicas: replicas,
+		})
+		return err
 	})
 	require.NoError(t, err)
 	return st

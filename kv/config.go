@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/esnats/esnats/internal/jsapi"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -143,12 +145,19 @@ func openBucket(ctx context.Context, js jetstream.JetStream, cfg Config, create 
 		err error
 	)
 	if create {
-		kv, err = js.CreateOrUpdateKeyValue(ctx, cfg.keyValueConfig())
+		// Idempotent: an attempt whose reply was lost is retried.
+		err = jsapi.Retry(ctx, js.Options().DefaultTimeout, func(ctx context.Context) (err error) {
+			kv, err = js.CreateOrUpdateKeyValue(ctx, cfg.keyValueConfig())
+			return err
+		})
 		if err != nil {
 			return nil, 0, &Error{Op: "create bucket", Bucket: cfg.Bucket, Err: err}
 		}
 	} else {
-		kv, err = js.KeyValue(ctx, cfg.Bucket)
+		err = jsapi.Retry(ctx, js.Options().DefaultTimeout, func(ctx context.Context) (err error) {
+			kv, err = js.KeyValue(ctx, cfg.Bucket)
+			return err
+		})
 		if errors.Is(err, jetstream.ErrBucketNotFound) {
 			return nil, 0, &Error{Op: "open bucket", Bucket: cfg.Bucket, Err: fmt.Errorf("%w: %w (create it with NewStore)", stream.ErrNotFound, err)}
 		}

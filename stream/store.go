@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/esnats/esnats/internal/jsapi"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
@@ -188,13 +190,24 @@ func openStore(ctx context.Context, js jetstream.JetStream, cfg Config, create b
 		return nil, setupErr(fmt.Errorf("%w: nats-server %s is too old: an esnats store needs %s or newer (atomic batch publish)", ErrStoreConfig, v, MinServerVersion))
 	}
 	want := cfg.StreamConfig()
-	st, err := js.Stream(ctx, cfg.Name)
+	// Every API call here is idempotent, so an attempt whose reply was lost
+	// is retried (see jsapi.Retry) instead of holding the caller until ctx ends.
+	attempt := js.Options().DefaultTimeout
+	var st jetstream.Stream
+	err := jsapi.Retry(ctx, attempt, func(ctx context.Context) (err error) {
+		st, err = js.Stream(ctx, cfg.Name)
+		return err
+	})
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
 		if !create {
 			return nil, setupErr(fmt.Errorf("%w: stream %q does not exist (create it with NewStore)", ErrNotFound, cfg.Name))
 		}
-		if _, err = js.CreateStream(ctx, want); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		err = jsapi.Retry(ctx, attempt, func(ctx context.Context) error {
+			_, err := js.CreateStream(ctx, want)
+			return err
+		})
+		if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 			return nil, setupErr(fmt.Errorf("creating stream: %w", err))
 		}
 		if err != nil { // lost a creation race: check what the winner made
@@ -218,7 +231,10 @@ func openStore(ctx context.Context, js jetstream.JetStream, cfg Config, create b
 			upd.AllowDirect = true
 			upd.AllowAtomicPublish = true
 			upd.Discard = jetstream.DiscardNew
-			if _, err := js.UpdateStream(ctx, upd); err != nil {
+			if err := jsapi.Retry(ctx, attempt, func(ctx context.Context) error {
+				_, err := js.UpdateStream(ctx, upd)
+				return err
+			}); err != nil {
 				return nil, setupErr(fmt.Errorf("updating stream to the store's configuration: %w", err))
 			}
 		} else if !create && (!have.AllowAtomicPublish || !have.AllowDirect) {
