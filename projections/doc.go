@@ -71,6 +71,32 @@
 // moves a stopped projection back to a position (an exactly-once model only
 // to the start, after dropping its data).
 //
+// # Control plane
+//
+// A read model lives in the worker's code, so a tool cannot rebuild it by
+// itself: it asks the worker. Runner.Serve registers the runner's control
+// plane on a *nats.Conn, a NATS micro service (ControlServiceName, metadata
+// "store", "host", "pid") with three endpoints:
+//
+//   - $ESNATS.PROJ.<store>.STATUS, answered by every worker process of the
+//     store: an InstanceStatus (each projection's Status, and whether this
+//     process runs it, and is the active one or a standby).
+//   - $ESNATS.PROJ.<store>.REBUILD.<instance>: rebuild a projection into
+//     the empty model its Projection.Fresh returns. The reply accepts it;
+//     progress (every 250 ms) and the result go to the inbox of the
+//     request's Esnats-Progress header.
+//   - $ESNATS.PROJ.<store>.RESET.<instance>: stop the projection in that
+//     process, Runner.Reset it, start it again.
+//
+// REBUILD and RESET are addressed to one process (its ControlService.ID),
+// so that exactly one acts. A ControlClient (used by `esnats projections
+// status|rebuild|reset`) gathers STATUS from every process, then addresses
+// the process that is active for the projection. Errors: ErrNoWorker (no
+// process answered), ErrUnknownProjection, ErrNoFresh, ErrBusy,
+// ErrInvalidReset, or a *ControlError carrying the worker's code and
+// description. After a remote rebuild, Runner.Model returns the model the
+// projection feeds.
+//
 // # Fail-over
 //
 // Several processes may run the same projections. For each projection one
@@ -82,5 +108,7 @@
 // empty or behind when it takes over.
 //
 // docs/projections.md is the guide: when to use which mode, the failure
-// policy and the dead-letter stream, fail-over, rebuilds and status.
+// policy and the dead-letter stream, fail-over, rebuilds and status, and
+// the control plane's subjects and payloads ("Controlling workers from
+// outside").
 package projections

@@ -32,18 +32,38 @@ type Projection struct {
 	// fail-over, start of a new consumer); Name, AggregateTypes, EventTypes
 	// and (for Checkpointed models) ResumeAt are set by the runner.
 	Consumer consumers.Config
+	// Fresh, if set, returns a new, empty read model of this projection,
+	// for a rebuild requested from outside the process (a ControlClient,
+	// `esnats projections rebuild`; see Runner.Serve): a new Memory, a KV
+	// model on a new bucket, an SQL model on new tables (another model
+	// name). It must not return the current model or share its data: the
+	// projection keeps running on Model during the rebuild, and switches
+	// over to the fresh model when the rebuild has caught up (Runner.Model
+	// then returns it; the old model is left as it is). ctx ends when the
+	// worker's Serve context does.
+	//
+	// Without Fresh, a remote rebuild fails with ErrNoFresh. Runner.Rebuild,
+	// called in the process itself, takes the fresh model as an argument and
+	// does not use this field.
+	Fresh func(ctx context.Context) (ReadModel, error)
 }
 
 // Runner runs projections of one store in one worker process. Many
 // processes may run the same projections: for each one, one process is
-// active and the others stand by (see consumers.Config.Group).
+// active and the others stand by (see consumers.Config.Group). Serve lets
+// tools outside the process see, rebuild and reset its projections.
+//
+// Add projections before Run; the other methods may be called from any
+// goroutine, while Run runs.
 type Runner struct {
 	js    jetstream.JetStream
 	store *stream.Store
 	log   *slog.Logger
 
-	mu    sync.Mutex
-	projs map[string]*running
+	mu         sync.Mutex
+	projs      map[string]*running
+	runs       int            // Run calls in progress
+	supervised map[string]int // projection -> Run calls running it
 }
 
 type running struct {
@@ -52,10 +72,17 @@ type running struct {
 	skip       atomic.Uint64 // Checkpointed: events at or below are skipped
 	cp         bool          // the model is Checkpointed
 	mu         sync.Mutex
-	cancel     context.CancelFunc
-	done       chan struct{}
-	err        error
+	cancel     context.CancelFunc // stops the consumer's Run in supervise
+	runDone    chan struct{}      // closed when that Run has returned
+	held       chan struct{}      // non-nil: supervise must not start the consumer until it is closed (see hold)
 	rebuilding atomic.Bool
+
+	// The pin this process holds on the consumer's priority group, as far
+	// as it knows: learnt from the server while it receives the events
+	// (see notePin), for the control plane's active/standby report.
+	pin      atomic.Pointer[string]
+	pinAt    atomic.Int64 // unix nanoseconds when pin was learnt; 0: learn again
+	learning atomic.Bool
 }
 
 // NewRunner returns a runner for projections of store. logger may be nil.
@@ -63,7 +90,7 @@ func NewRunner(js jetstream.JetStream, store *stream.Store, logger *slog.Logger)
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Runner{js: js, store: store, log: logger, projs: map[string]*running{}}
+	return &Runner{js: js, store: store, log: logger, projs: map[string]*running{}, supervised: map[string]int{}}
 }
 
 // Add registers a projection. Errors: an invalid name or configuration, a
@@ -139,6 +166,7 @@ func (rp *running) consumer() *consumers.Consumer {
 // skips what the model already holds (exactly-once).
 func (r *Runner) batchHandler(rp *running) consumers.BatchHandler {
 	return func(ctx context.Context, evs []*stream.Event) error {
+		r.notePin(rp) // only the active process gets deliveries
 		if rp.cp {
 			floor := rp.skip.Load()
 			i := 0
@@ -233,10 +261,26 @@ func (r *Runner) Run(ctx context.Context) error {
 	for n := range r.projs {
 		names = append(names, n)
 	}
+	if len(names) > 0 {
+		r.runs++
+		for _, n := range names {
+			r.supervised[n]++
+		}
+	}
 	r.mu.Unlock()
 	if len(names) == 0 {
 		return errors.New("projections: nothing to run")
 	}
+	defer func() {
+		r.mu.Lock()
+		r.runs--
+		for _, n := range names {
+			if r.supervised[n]--; r.supervised[n] == 0 {
+				delete(r.supervised, n)
+			}
+		}
+		r.mu.Unlock()
+	}()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errs := make(chan error, len(names))
@@ -265,6 +309,18 @@ func (r *Runner) supervise(ctx context.Context, name string) error {
 		if err != nil {
 			return err
 		}
+		rp.mu.Lock()
+		held := rp.held
+		rp.mu.Unlock()
+		if held != nil {
+			// Stopped for a reset (see hold): wait until it is done.
+			select {
+			case <-held:
+				continue
+			case <-ctx.Done():
+				return nil
+			}
+		}
 		if err := r.start(ctx, rp); err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -272,22 +328,29 @@ func (r *Runner) supervise(ctx context.Context, name string) error {
 			return err
 		}
 		pctx, cancel := context.WithCancel(ctx)
+		runDone := make(chan struct{})
 		rp.mu.Lock()
-		rp.cancel = cancel
+		if rp.held != nil {
+			rp.mu.Unlock()
+			cancel()
+			continue // held meanwhile
+		}
+		rp.cancel, rp.runDone = cancel, runDone
 		rp.mu.Unlock()
-		if cur, err := r.get(name); err != nil || cur != rp {
-			// Switched over by a rebuild between the lookup and now.
+		finished := func() {
 			cancel()
 			rp.mu.Lock()
-			rp.cancel = nil
+			rp.cancel, rp.runDone = nil, nil
 			rp.mu.Unlock()
+			close(runDone)
+		}
+		if cur, err := r.get(name); err != nil || cur != rp {
+			// Switched over by a rebuild between the lookup and now.
+			finished()
 			continue
 		}
 		err = rp.consumer().Run(pctx)
-		cancel()
-		rp.mu.Lock()
-		rp.cancel = nil
-		rp.mu.Unlock()
+		finished()
 		if err != nil {
 			return fmt.Errorf("projections: %q: %w", name, err)
 		}
@@ -298,32 +361,36 @@ func (r *Runner) supervise(ctx context.Context, name string) error {
 	}
 }
 
-// stopRunning stops rp's consumer if Run is running it.
-func (rp *running) stopRunning() {
+// stopRunning stops rp's consumer if Run is running it, and returns a
+// channel closed when that Run has returned (nil if none runs).
+func (rp *running) stopRunning() <-chan struct{} {
 	rp.mu.Lock()
 	defer rp.mu.Unlock()
-	if rp.cancel != nil {
-		rp.cancel()
+	if rp.cancel == nil {
+		return nil
 	}
+	rp.cancel()
+	return rp.runDone
 }
 
-// Status is where a projection stands.
+// Status is where a projection stands. The JSON names are those of the
+// control plane's STATUS replies (docs/projections.md).
 type Status struct {
-	Name string
+	Name string `json:"name"`
 	// Position is the stream sequence of the last event applied: the
 	// model's checkpoint (Checkpointed models) or the consumer's
 	// acknowledgement floor.
-	Position uint64
+	Position uint64 `json:"position"`
 	// Lag is how many matching events are not yet applied.
-	Lag uint64
+	Lag uint64 `json:"lag"`
 	// Rate is events applied per second over the last ~10 s, by this process.
-	Rate float64
+	Rate float64 `json:"rate"`
 	// Parked counts events this process parked; LastError is the last
 	// failure it saw.
-	Parked    uint64
-	LastError string
+	Parked    uint64 `json:"parked"`
+	LastError string `json:"last_error,omitempty"`
 	// Mode is "exactly-once" (Checkpointed model) or "ack-floor".
-	Mode string
+	Mode string `json:"mode"`
 }
 
 // Status reports each projection's position, lag, rate and last error.
@@ -346,7 +413,9 @@ func (r *Runner) Status(ctx context.Context) ([]Status, error) {
 	return out, nil
 }
 
-// StatusOf reports one projection's status.
+// StatusOf reports one projection's status. Errors: ErrUnknownProjection,
+// the projection's consumer does not exist yet (no Run created it), the
+// server's or the model's.
 func (r *Runner) StatusOf(ctx context.Context, name string) (Status, error) {
 	rp, err := r.get(name)
 	if err != nil {
@@ -376,18 +445,116 @@ func (r *Runner) get(name string) (*running, error) {
 	defer r.mu.Unlock()
 	rp, ok := r.projs[name]
 	if !ok {
-		return nil, fmt.Errorf("projections: no projection %q", name)
+		return nil, fmt.Errorf("%w %q", ErrUnknownProjection, name)
 	}
 	return rp, nil
 }
 
-// Progress reports a rebuild's advance, for a progress bar.
+// Model returns the read model the projection feeds now: Projection.Model,
+// or the fresh model after a rebuild has switched the projection over (a
+// rebuild requested through the control plane, see Serve, changes it
+// without the process's own code knowing). Readers that must follow
+// rebuilds look the model up here rather than keep the one they added.
+// Errors: ErrUnknownProjection.
+func (r *Runner) Model(name string) (ReadModel, error) {
+	rp, err := r.get(name)
+	if err != nil {
+		return nil, err
+	}
+	return rp.p.Model, nil
+}
+
+// hold stops the projection's consumer if Run runs it in this process,
+// waits until it has stopped (its batch in hand applied and acknowledged),
+// and keeps Run from starting it again until release is called. Errors:
+// ErrUnknownProjection, ErrBusy (being rebuilt, or already held), ctx's.
+func (r *Runner) hold(ctx context.Context, name string) (release func(), err error) {
+	rp, err := r.get(name)
+	if err != nil {
+		return nil, err
+	}
+	rp.mu.Lock()
+	switch {
+	case rp.rebuilding.Load():
+		rp.mu.Unlock()
+		return nil, fmt.Errorf("%w: %q is being rebuilt", ErrBusy, name)
+	case rp.held != nil:
+		rp.mu.Unlock()
+		return nil, fmt.Errorf("%w: %q is being reset", ErrBusy, name)
+	}
+	held := make(chan struct{})
+	rp.held = held
+	cancel, done := rp.cancel, rp.runDone
+	rp.mu.Unlock()
+	release = func() {
+		rp.mu.Lock()
+		rp.held = nil
+		rp.mu.Unlock()
+		close(held)
+	}
+	if cancel != nil {
+		cancel()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			release()
+			return nil, fmt.Errorf("projections: %q: waiting for it to stop: %w", name, ctx.Err())
+		}
+	}
+	return release, nil
+}
+
+// pinRecheck is how often a process that receives a projection's events
+// asks the server again which pin it holds.
+const pinRecheck = 5 * time.Second
+
+// notePin learns, in the background, the pin of rp's consumer group: called
+// when a batch arrives, that is while this process holds the pin (the server
+// delivers to the pinned client only). At most once per pinRecheck, or
+// again as soon as a status saw another pin (pinAt reset to 0).
+func (r *Runner) notePin(rp *running) {
+	now := time.Now().UnixNano()
+	if now-rp.pinAt.Load() < int64(pinRecheck) || !rp.learning.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer rp.learning.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if pin, err := r.pinOf(ctx, rp); err == nil && pin != "" {
+			rp.pin.Store(&pin)
+			rp.pinAt.Store(now)
+		}
+	}()
+}
+
+// pinOf returns the id of the client the server has pinned in rp's
+// consumer group, "" if none.
+func (r *Runner) pinOf(ctx context.Context, rp *running) (string, error) {
+	cons, err := r.js.Consumer(ctx, r.store.Name(), rp.consumer().Name())
+	if err != nil {
+		return "", err
+	}
+	group := rp.p.Consumer.Group
+	if group == "" {
+		group = consumers.DefaultGroup
+	}
+	for _, g := range cons.CachedInfo().PriorityGroups {
+		if g.Group == group {
+			return g.PinnedClientID, nil
+		}
+	}
+	return "", nil
+}
+
+// Progress reports a rebuild's advance, for a progress bar. The JSON names
+// are those of the control plane's progress messages (docs/projections.md).
 type Progress struct {
-	Name     string
-	Position uint64 // stream sequence applied so far
-	Target   uint64 // the store's last sequence when the rebuild started
-	Applied  uint64 // events applied by the rebuild
-	Done     bool
+	Name     string `json:"name"`
+	Position uint64 `json:"position"` // stream sequence applied so far
+	Target   uint64 `json:"target"`   // the store's last sequence when the rebuild started
+	Applied  uint64 `json:"applied"`  // events applied by the rebuild
+	Done     bool   `json:"done"`     // switched over: the last report
 }
 
 // Rebuild replays the store from the start into fresh (an empty read model
@@ -399,16 +566,27 @@ type Progress struct {
 // running meanwhile: when Rebuild is called while Run runs, Run goes on with
 // the new consumer and model after the switch.
 //
-// Errors: an unknown projection, a failure of the replay (the old
-// projection is untouched then), ctx ending before the rebuild caught up.
+// Errors: ErrUnknownProjection, ErrBusy (a rebuild or a reset of the
+// projection is in progress), a failure of the replay (the old projection
+// is untouched then), ctx ending before the rebuild caught up.
 func (r *Runner) Rebuild(ctx context.Context, name string, fresh ReadModel, progress func(Progress)) error {
 	old, err := r.get(name)
 	if err != nil {
 		return err
 	}
-	if !old.rebuilding.CompareAndSwap(false, true) {
-		return fmt.Errorf("projections: %q is already being rebuilt", name)
+	if fresh == nil {
+		return fmt.Errorf("projections: rebuild %q: the fresh model is nil", name)
 	}
+	old.mu.Lock() // against hold: a rebuild and a reset exclude each other
+	switch {
+	case old.held != nil:
+		old.mu.Unlock()
+		return fmt.Errorf("%w: %q is being reset", ErrBusy, name)
+	case !old.rebuilding.CompareAndSwap(false, true):
+		old.mu.Unlock()
+		return fmt.Errorf("%w: %q is already being rebuilt", ErrBusy, name)
+	}
+	old.mu.Unlock()
 	defer old.rebuilding.Store(false)
 	if progress == nil {
 		progress = func(Progress) {}
@@ -484,7 +662,16 @@ func (r *Runner) Rebuild(ctx context.Context, name string, fresh ReadModel, prog
 	rp.p.Name = name
 	r.projs[name] = rp
 	r.mu.Unlock()
-	old.stopRunning() // Run goes on with the replacement
+	// Run goes on with the replacement. Delete the old consumer once its
+	// Run has let it go: deleting it under that Run's final reset would
+	// leave the reset request unanswered until its timeout.
+	if stopped := old.stopRunning(); stopped != nil {
+		select {
+		case <-stopped:
+		case <-ctx.Done():
+		case <-time.After(10 * time.Second):
+		}
+	}
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	if err := r.js.DeleteConsumer(dctx, r.store.Name(), old.consumer().Name()); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
@@ -501,9 +688,14 @@ func (r *Runner) Rebuild(ctx context.Context, name string, fresh ReadModel, prog
 // and checkpoint are dropped first. Any other model keeps its data and must
 // take the events again idempotently.
 //
-// Reset is an operator's action on a stopped projection: it fails while this
-// runner runs the projection, and other processes running it must be
-// stopped first (a standby that takes over meanwhile would race the reset).
+// Reset is an operator's action on a stopped projection: it fails (ErrBusy)
+// while this runner runs the projection, and other processes running it
+// must be stopped first (a standby that takes over meanwhile would race the
+// reset). A reset requested through the control plane (see Serve) stops
+// and restarts the projection in the worker itself. Errors:
+// ErrUnknownProjection, ErrBusy, ErrInvalidReset (a sequence other than the
+// start for an exactly-once model, or one that is not a Resetter), the
+// model's and the server's.
 func (r *Runner) Reset(ctx context.Context, name string, seq uint64) error {
 	rp, err := r.get(name)
 	if err != nil {
@@ -513,16 +705,16 @@ func (r *Runner) Reset(ctx context.Context, name string, seq uint64) error {
 	running := rp.cancel != nil
 	rp.mu.Unlock()
 	if running {
-		return fmt.Errorf("projections: %q is running; stop it before a reset", name)
+		return fmt.Errorf("%w: %q is running; stop it before a reset", ErrBusy, name)
 	}
 	seq = max(seq, 1)
 	if rp.cp {
 		if seq > 1 {
-			return fmt.Errorf("projections: %q has an exactly-once model: it can only be reset to the start (its checkpoint would skip the events again)", name)
+			return fmt.Errorf("%w: %q has an exactly-once model: it can only be reset to the start (its checkpoint would skip the events again)", ErrInvalidReset, name)
 		}
 		res, ok := rp.p.Model.(Resetter)
 		if !ok {
-			return fmt.Errorf("projections: %q: the model cannot be reset (it is not a Resetter)", name)
+			return fmt.Errorf("%w: %q: the model cannot be reset (it is not a Resetter)", ErrInvalidReset, name)
 		}
 		if err := res.Reset(ctx); err != nil {
 			return fmt.Errorf("projections: %q: resetting the model: %w", name, err)
