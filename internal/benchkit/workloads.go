@@ -1,0 +1,729 @@
+package benchkit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
+
+	"github.com/esnats/esnats/aggregate"
+	"github.com/esnats/esnats/consumers"
+	"github.com/esnats/esnats/projections"
+	"github.com/esnats/esnats/stream"
+)
+
+// Workload is one benchmark: an esnats operation and the raw JetStream
+// operation it is built on, run side by side by Run. Get the standard ones
+// from Workloads or Lookup; a Workload built by hand cannot be run.
+type Workload struct {
+	// Name is the workload's short name, e.g. "append", as given on the
+	// command line.
+	Name string
+	// Description says in one sentence what both sides do.
+	Description string
+	// Unit names one operation, e.g. "append", "batch", "load", "event":
+	// the throughput is Unit per second.
+	Unit string
+	// EventsPerOp is the number of events one operation writes or reads.
+	EventsPerOp int
+	// Raw and Esnats name the operation each side runs.
+	Raw, Esnats string
+	// DefaultOps is the number of operations per side when Options sets
+	// neither Ops nor Duration.
+	DefaultOps int
+	// DefaultRounds is the number of rounds when Options.Rounds is 0.
+	DefaultRounds int
+
+	// fixedChunk: every round runs Options.roundOps operations per side
+	// (a whole catch-up of the store), set up before the rounds.
+	fixedChunk bool
+	// concurrent: the sides run Options.Concurrency operations at a time.
+	concurrent bool
+	setup      func(ctx context.Context, e *env) (*pair, error)
+}
+
+// pair is a workload set up on a store: its two sides and their check.
+type pair struct {
+	raw, esnats sideFunc
+	// warmup is the number of untimed operations each side runs before the
+	// rounds.
+	warmup int
+	// verify checks, after the rounds, that each side did what it reports:
+	// ops operations each, warm-up included.
+	verify func(ctx context.Context, ops int) error
+}
+
+// DefaultConcurrency is the number of writers of append-concurrent when
+// Options.Concurrency is 0.
+const DefaultConcurrency = 16
+
+// Sizes of the workloads.
+const (
+	batchEvents = 10  // events per append-batch command
+	loadEvents  = 100 // events of the aggregate load reads
+	loadOthers  = 9   // other aggregates interleaved with it in the store
+	// DefaultCatchUpEvents is how many events projection-catchup stores
+	// (and each side consumes per round) when Options.Duration is set.
+	DefaultCatchUpEvents = 20_000
+	catchUpAckEvery      = 100 // the raw consumer acknowledges every 100th event
+	catchUpFillBatch     = 1000
+	catchUpTimeout       = 10 * time.Minute
+)
+
+// Workloads returns the standard workloads, in the order a full run shows
+// them. Each call returns a new slice.
+func Workloads() []Workload {
+	return []Workload{
+		{
+			Name:          "append",
+			Description:   "one event per append to one aggregate, each with the expected-last-sequence check",
+			Unit:          "append",
+			EventsPerOp:   1,
+			Raw:           "js.PublishMsg with Nats-Msg-Id and Nats-Expected-Last-Subject-Sequence",
+			Esnats:        "stream.Store.Append of 1 event with ExpectRevision",
+			DefaultOps:    2000,
+			DefaultRounds: 10,
+			setup:         setupAppend,
+		},
+		{
+			Name:          "append-batch",
+			Description:   "a command of 10 events appended atomically to one aggregate",
+			Unit:          "batch",
+			EventsPerOp:   batchEvents,
+			Raw:           "jetstreamext.PublishMsgBatch of 10 messages, check on the first",
+			Esnats:        "stream.Store.Append of 10 events with ExpectRevision (atomic batch)",
+			DefaultOps:    100,
+			DefaultRounds: 10,
+			setup:         setupAppendBatch,
+		},
+		{
+			Name:          "append-concurrent",
+			Description:   "Concurrency writers, each appending one event at a time to its own aggregate",
+			Unit:          "append",
+			EventsPerOp:   1,
+			Raw:           "js.PublishMsg with the check, from Concurrency goroutines",
+			Esnats:        "stream.Store.Append of 1 event, from Concurrency goroutines",
+			DefaultOps:    4000,
+			DefaultRounds: 10,
+			concurrent:    true,
+			setup:         setupAppendConcurrent,
+		},
+		{
+			Name:          "load",
+			Description:   "load a 100-event aggregate stored among 9 others",
+			Unit:          "load",
+			EventsPerOp:   loadEvents,
+			Raw:           "jetstreamext.GetBatch on the aggregate's subject (batched direct get, no decoding)",
+			Esnats:        "stream.Store.Load, iterating and decoding every event",
+			DefaultOps:    500,
+			DefaultRounds: 10,
+			setup:         setupLoad,
+		},
+		{
+			Name:          "repository-update",
+			Description:   "commands of one event on one hot aggregate",
+			Unit:          "command",
+			EventsPerOp:   1,
+			Raw:           "js.PublishMsg with Nats-Msg-Id and Nats-Expected-Last-Subject-Sequence",
+			Esnats:        "aggregate.Repository.Update (cached aggregate, command, append)",
+			DefaultOps:    2000,
+			DefaultRounds: 10,
+			setup:         setupRepositoryUpdate,
+		},
+		{
+			Name:          "projection-catchup",
+			Description:   "a new projection consuming the whole store from the start, each round",
+			Unit:          "event",
+			EventsPerOp:   1,
+			Raw:           "durable pull consumer, AckAll every 100th message, no decoding",
+			Esnats:        "projections.Runner feeding an in-memory model (decoded, exactly-once)",
+			DefaultOps:    3 * DefaultCatchUpEvents,
+			DefaultRounds: 3,
+			fixedChunk:    true,
+			setup:         setupCatchUp,
+		},
+	}
+}
+
+// Lookup returns the standard workload called name.
+func Lookup(name string) (Workload, bool) {
+	for _, w := range Workloads() {
+		if w.Name == name {
+			return w, true
+		}
+	}
+	return Workload{}, false
+}
+
+// Names returns the names of the standard workloads, in the order of
+// Workloads.
+func Names() []string {
+	ws := Workloads()
+	names := make([]string, len(ws))
+	for i, w := range ws {
+		names[i] = w.Name
+	}
+	return names
+}
+
+// rawAppender returns a raw side appending one event at a time to agg with
+// the concurrency check.
+func rawAppender(e *env, agg stream.Aggregate) sideFunc {
+	subj := e.subject(agg)
+	var seq, ver uint64
+	return sequential(func(ctx context.Context) error {
+		m := e.msg(subj, ver+1, now())
+		expect(m, seq)
+		ack, err := e.js.PublishMsg(ctx, m)
+		if err != nil {
+			return err
+		}
+		seq, ver = ack.Sequence, ver+1
+		return nil
+	})
+}
+
+// appendVerify checks that each side stored want events, and that the
+// aggregates aggs (type esnats or raw) are at version want.
+func appendVerify(e *env, events int, aggs ...stream.Aggregate) func(ctx context.Context, ops int) error {
+	return func(ctx context.Context, ops int) error {
+		want := uint64(ops * events)
+		errs := []error{e.checkSide(ctx, rawType, want), e.checkSide(ctx, esnatsType, want)}
+		for _, a := range aggs {
+			errs = append(errs, e.checkVersion(ctx, a, want))
+		}
+		return errors.Join(errs...)
+	}
+}
+
+func setupAppend(_ context.Context, e *env) (*pair, error) {
+	rawAgg := stream.Aggregate{Type: rawType, ID: "append"}
+	esAgg := stream.Aggregate{Type: esnatsType, ID: "append"}
+	raw := rawAppender(e, rawAgg)
+	events := []stream.EventData{{Data: benchItem}}
+	var rev stream.Revision
+	return &pair{
+		raw: raw,
+		esnats: sequential(func(ctx context.Context) error {
+			res, err := e.store.Append(ctx, esAgg, stream.ExpectRevision(rev), events)
+			if err != nil {
+				return err
+			}
+			rev = res.Last
+			return nil
+		}),
+		warmup: 1,
+		verify: appendVerify(e, 1, rawAgg, esAgg),
+	}, nil
+}
+
+func setupAppendBatch(_ context.Context, e *env) (*pair, error) {
+	rawAgg := stream.Aggregate{Type: rawType, ID: "batch"}
+	esAgg := stream.Aggregate{Type: esnatsType, ID: "batch"}
+	rawSubj := e.subject(rawAgg)
+	events := make([]stream.EventData, batchEvents)
+	for i := range events {
+		events[i] = stream.EventData{Data: benchItem}
+	}
+	// The flow control esnats uses: no acknowledgement of the first message.
+	fc := jetstreamext.BatchFlowControl{AckFirst: false, AckTimeout: e.js.Options().DefaultTimeout}
+	msgs := make([]*nats.Msg, batchEvents)
+	var seq, ver uint64
+	var rev stream.Revision
+	return &pair{
+		raw: sequential(func(ctx context.Context) error {
+			ts := now()
+			for i := range msgs {
+				msgs[i] = e.msg(rawSubj, ver+uint64(i)+1, ts)
+			}
+			expect(msgs[0], seq)
+			ack, err := jetstreamext.PublishMsgBatch(ctx, e.js, msgs, fc)
+			if err != nil {
+				return err
+			}
+			seq, ver = ack.Sequence, ver+batchEvents
+			return nil
+		}),
+		esnats: sequential(func(ctx context.Context) error {
+			res, err := e.store.Append(ctx, esAgg, stream.ExpectRevision(rev), events)
+			if err != nil {
+				return err
+			}
+			rev = res.Last
+			return nil
+		}),
+		warmup: 1,
+		verify: appendVerify(e, batchEvents, rawAgg, esAgg),
+	}, nil
+}
+
+func setupAppendConcurrent(_ context.Context, e *env) (*pair, error) {
+	n := e.concurrency
+	type rawAgg struct {
+		subj     string
+		seq, ver uint64
+	}
+	raws := make([]rawAgg, n)
+	esAggs := make([]stream.Aggregate, n)
+	revs := make([]stream.Revision, n)
+	for w := range n {
+		id := fmt.Sprintf("w%04d", w)
+		raws[w].subj = e.subject(stream.Aggregate{Type: rawType, ID: id})
+		esAggs[w] = stream.Aggregate{Type: esnatsType, ID: id}
+	}
+	events := []stream.EventData{{Data: benchItem}}
+	return &pair{
+		// Each writer owns one aggregate: no two writes to one aggregate
+		// are ever in flight together, and no check fails.
+		raw: parallel(n, func(ctx context.Context, w int) error {
+			a := &raws[w]
+			m := e.msg(a.subj, a.ver+1, now())
+			expect(m, a.seq)
+			ack, err := e.js.PublishMsg(ctx, m)
+			if err != nil {
+				return err
+			}
+			a.seq, a.ver = ack.Sequence, a.ver+1
+			return nil
+		}),
+		esnats: parallel(n, func(ctx context.Context, w int) error {
+			res, err := e.store.Append(ctx, esAggs[w], stream.ExpectRevision(revs[w]), events)
+			if err != nil {
+				return err
+			}
+			revs[w] = res.Last
+			return nil
+		}),
+		warmup: n,
+		verify: func(ctx context.Context, ops int) error {
+			errs := []error{e.checkSide(ctx, rawType, uint64(ops)), e.checkSide(ctx, esnatsType, uint64(ops))}
+			var rawSum, esSum uint64
+			for w := range n {
+				rawSum += raws[w].ver
+				esSum += revs[w].Version
+				if rev, err := e.store.LastRevision(ctx, esAggs[w]); err != nil || rev != revs[w] {
+					errs = append(errs, fmt.Errorf("%s: stored revision %s (%v), esnats reported %s", esAggs[w], rev, err, revs[w]))
+				}
+			}
+			if rawSum != uint64(ops) || esSum != uint64(ops) {
+				errs = append(errs, fmt.Errorf("appends acknowledged: raw %d, esnats %d, want %d", rawSum, esSum, ops))
+			}
+			return errors.Join(errs...)
+		},
+	}, nil
+}
+
+// setupLoad stores, with pipelined raw publishes in esnats' wire format, one
+// aggregate of loadEvents events interleaved with loadOthers others of as
+// many: the aggregate's events lie loadOthers+1 messages apart, as in a busy
+// store.
+func setupLoad(ctx context.Context, e *env) (*pair, error) {
+	target := stream.Aggregate{Type: "cart", ID: "hundred"}
+	subjects := []string{e.subject(target)}
+	for i := range loadOthers {
+		subjects = append(subjects, e.subject(stream.Aggregate{Type: "cart", ID: fmt.Sprintf("other-%d", i)}))
+	}
+	futs := make([]jetstream.PubAckFuture, 0, loadEvents*len(subjects))
+	for v := range loadEvents {
+		ts := now()
+		for _, s := range subjects {
+			f, err := e.js.PublishMsgAsync(e.msg(s, uint64(v+1), ts), jetstream.WithStallWait(time.Minute))
+			if err != nil {
+				return nil, fmt.Errorf("filling the store: %w", err)
+			}
+			futs = append(futs, f)
+		}
+	}
+	for _, f := range futs {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return nil, fmt.Errorf("filling the store: %s: %w", f.Msg().Subject, err)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	stored := uint64(len(futs))
+	check := func(kind string, got int, last uint64) error {
+		if got != loadEvents || last != loadEvents {
+			return fmt.Errorf("%s load of %s: %d events up to version %d, want %d", kind, target, got, last, loadEvents)
+		}
+		return nil
+	}
+	return &pair{
+		raw: sequential(func(ctx context.Context) error {
+			got, last, err := getBatchAll(ctx, e.js, e.name, subjects[0])
+			if err != nil {
+				return err
+			}
+			return check("raw", got, last)
+		}),
+		esnats: sequential(func(ctx context.Context) error {
+			got := 0
+			var last uint64
+			for ev, err := range e.store.Load(ctx, target) {
+				if err != nil {
+					return err
+				}
+				got++
+				last = ev.Version
+			}
+			return check("esnats", got, last)
+		}),
+		warmup: 1,
+		verify: func(ctx context.Context, _ int) error {
+			return e.checkTotal(ctx, stored)
+		},
+	}, nil
+}
+
+// getBatchAll reads every message of subject with batched direct gets (1000
+// per round trip, as Store.Load does) until the server reports none pending.
+// It returns how many it read and the version header of the last one, which
+// it parses; it decodes no payload.
+func getBatchAll(ctx context.Context, js jetstream.JetStream, streamName, subject string) (int, uint64, error) {
+	n := 0
+	var last uint64
+	seq := uint64(1)
+	for {
+		it, err := jetstreamext.GetBatch(ctx, js, streamName, stream.MaxBatch,
+			jetstreamext.GetBatchSubject(subject), jetstreamext.GetBatchSeq(seq), jetstreamext.GetBatchMaxBytes(4<<20))
+		if err != nil {
+			return n, last, err
+		}
+		got := 0
+		pending := uint64(0)
+		for m, err := range it {
+			if err != nil {
+				if errors.Is(err, jetstreamext.ErrNoMessages) && n == 0 {
+					return 0, 0, nil
+				}
+				return n, last, err
+			}
+			got++
+			seq = m.Sequence + 1
+			if pending, err = strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 64); err != nil {
+				return n, last, fmt.Errorf("sequence %d: bad Nats-Num-Pending: %w", m.Sequence, err)
+			}
+			if last, err = strconv.ParseUint(m.Header.Get(stream.HeaderVersion), 10, 64); err != nil {
+				return n, last, fmt.Errorf("sequence %d: bad %s: %w", m.Sequence, stream.HeaderVersion, err)
+			}
+		}
+		n += got
+		if got == 0 {
+			if err := ctx.Err(); err != nil {
+				return n, last, err
+			}
+			return n, last, errors.New("no answer from the server")
+		}
+		if pending == 0 {
+			return n, last, nil
+		}
+	}
+}
+
+// cart is the aggregate of repository-update.
+type cart struct {
+	aggregate.Root
+	Items map[string]int `json:"items"`
+	Adds  int            `json:"adds"`
+}
+
+func newCart(string) *cart { return &cart{Items: map[string]int{}} }
+
+func (c *cart) Apply(ev any) {
+	if it, ok := ev.(item); ok {
+		c.Items[it.SKU] += it.Qty
+		c.Adds++
+	}
+}
+
+func (c *cart) add(it item) error {
+	if it.Qty <= 0 {
+		return errors.New("quantity must be positive")
+	}
+	c.Record(it)
+	return nil
+}
+
+func setupRepositoryUpdate(_ context.Context, e *env) (*pair, error) {
+	const id = "hot"
+	rawAgg := stream.Aggregate{Type: rawType, ID: id}
+	raw := rawAppender(e, rawAgg)
+	repo, err := aggregate.NewRepository(aggregate.Config[*cart]{Store: e.store, Type: esnatsType, New: newCart})
+	if err != nil {
+		return nil, err
+	}
+	cmd := func(c *cart) error { return c.add(benchItem) }
+	return &pair{
+		raw: raw,
+		esnats: sequential(func(ctx context.Context) error {
+			return repo.Update(ctx, id, cmd)
+		}),
+		warmup: 1,
+		verify: func(ctx context.Context, ops int) error {
+			if err := appendVerify(e, 1, rawAgg)(ctx, ops); err != nil {
+				return err
+			}
+			check, err := aggregate.NewRepository(aggregate.Config[*cart]{Store: e.store, Type: esnatsType, New: newCart, CacheSize: -1})
+			if err != nil {
+				return err
+			}
+			c, err := check.Load(ctx, id)
+			if err != nil {
+				return err
+			}
+			if c.Version() != uint64(ops) || c.Adds != ops {
+				return fmt.Errorf("%s/%s: version %d with %d items added, want %d", esnatsType, id, c.Version(), c.Adds, ops)
+			}
+			return nil
+		},
+	}, nil
+}
+
+// catchUpItem is the i-th event of projection-catchup's store.
+func catchUpItem(i int) item {
+	it := benchItem
+	it.SKU = "s" + strconv.Itoa(i%7)
+	it.Qty = 1 + i%3
+	return it
+}
+
+// setupCatchUp stores e.roundOps events over ceil(events/10) carts (event i
+// in cart i mod carts) with atomic AppendBatch calls of up to 1000 events,
+// one per cart, each with the concurrency check.
+func setupCatchUp(ctx context.Context, e *env) (*pair, error) {
+	n := e.roundOps
+	carts := (n + 9) / 10
+	per := min(catchUpFillBatch, carts) // consecutive events: distinct carts
+	revs := make([]stream.Revision, carts)
+	want := map[string]int{} // items per SKU
+	for first := 0; first < n; first += per {
+		reqs := make([]stream.AppendRequest, 0, per)
+		for i := first; i < min(first+per, n); i++ {
+			c, it := i%carts, catchUpItem(i)
+			want[it.SKU] += it.Qty
+			reqs = append(reqs, stream.AppendRequest{
+				Aggregate: stream.Aggregate{Type: "cart", ID: fmt.Sprintf("c%07d", c)},
+				Expect:    stream.ExpectRevision(revs[c]),
+				Events:    []stream.EventData{{Data: it}},
+			})
+		}
+		res, err := e.store.AppendBatch(ctx, reqs)
+		if err != nil {
+			return nil, fmt.Errorf("filling the store: %w", err)
+		}
+		for j, r := range res {
+			revs[(first+j)%carts] = r.Last
+		}
+	}
+	s, err := e.js.Stream(ctx, e.name)
+	if err != nil {
+		return nil, err
+	}
+	lastSeq := s.CachedInfo().State.LastSeq
+	if got := s.CachedInfo().State.Msgs; got != uint64(n) {
+		return nil, fmt.Errorf("filling the store: %d events stored, want %d", got, n)
+	}
+	e.dlq = true // the runner's consumer creates the dead-letter stream
+	c := &catchUp{e: e, n: n, lastSeq: lastSeq, want: want}
+	return &pair{
+		raw:    c.raw,
+		esnats: c.project,
+		warmup: n,
+		verify: func(ctx context.Context, _ int) error {
+			s, err := e.js.Stream(ctx, e.name)
+			if err != nil {
+				return err
+			}
+			st := s.CachedInfo().State
+			if st.Msgs != uint64(n) || st.Consumers != 0 {
+				return fmt.Errorf("store holds %d events and %d consumers, want %d and none", st.Msgs, st.Consumers, n)
+			}
+			return nil
+		},
+	}, nil
+}
+
+// catchUp is projection-catchup's store and what a model of it must hold.
+type catchUp struct {
+	e       *env
+	n       int
+	lastSeq uint64
+	want    map[string]int // items per SKU
+	mu      sync.Mutex
+	seq     int // for consumer names
+}
+
+func (c *catchUp) name(kind string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seq++
+	return kind + "-" + strconv.Itoa(c.seq)
+}
+
+// deleteConsumer deletes a consumer even when ctx has ended.
+func (c *catchUp) deleteConsumer(ctx context.Context, name string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	err := c.e.js.DeleteConsumer(ctx, c.e.name, name)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		err = nil
+	}
+	return err
+}
+
+// raw consumes the whole store through a new durable pull consumer with
+// esnats' settings (MaxAckPending 1000, 200 messages per pull), AckAll,
+// acknowledging every 100th message and the last (waiting for the server
+// to confirm it). It returns the time from creating the consumer to that
+// confirmation, checks the consumer's final state and deletes it.
+func (c *catchUp) raw(ctx context.Context, n int, rec *recorder) (time.Duration, error) {
+	if n != c.n {
+		return 0, fmt.Errorf("projection-catchup: %d events asked for a store of %d", n, c.n)
+	}
+	name := c.name("raw")
+	start := time.Now()
+	cons, err := c.e.js.CreateConsumer(ctx, c.e.name, jetstream.ConsumerConfig{
+		Durable:       name,
+		AckPolicy:     jetstream.AckAllPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		FilterSubject: c.e.name + ".>",
+		AckWait:       consumers.DefaultAckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: 1000,
+	})
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = c.deleteConsumer(ctx, name) }()
+	count := 0 // the handler is called by one goroutine at a time
+	last := make(chan jetstream.Msg, 1)
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		count++
+		rec.add(1)
+		switch {
+		case count == n:
+			last <- m
+		case count%catchUpAckEvery == 0:
+			_ = m.Ack()
+		}
+	}, jetstream.PullMaxMessages(2*consumers.DefaultBatchSize), jetstream.PullExpiry(consumers.DefaultPinnedTTL/2))
+	if err != nil {
+		return 0, err
+	}
+	defer cc.Stop()
+	timeout := time.NewTimer(catchUpTimeout)
+	defer timeout.Stop()
+	select {
+	case m := <-last:
+		if err := m.DoubleAck(ctx); err != nil {
+			return 0, fmt.Errorf("raw consumer %s: last acknowledgement: %w", name, err)
+		}
+	case <-ctx.Done():
+		return time.Since(start), ctx.Err()
+	case <-timeout.C:
+		return 0, fmt.Errorf("raw consumer %s: not caught up after %s", name, catchUpTimeout)
+	}
+	d := time.Since(start)
+	cc.Stop()
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if info.AckFloor.Stream != c.lastSeq || info.NumPending != 0 {
+		return 0, fmt.Errorf("raw consumer %s: acknowledged up to %d with %d pending, want %d and none", name, info.AckFloor.Stream, info.NumPending, c.lastSeq)
+	}
+	return d, c.deleteConsumer(ctx, name)
+}
+
+// project runs a new projection with an in-memory model (items per SKU) in a
+// projections.Runner until the model has applied the store's last event. It
+// returns the time from starting the runner to then, stops the runner,
+// checks the model and deletes the projection's consumer.
+func (c *catchUp) project(ctx context.Context, n int, rec *recorder) (time.Duration, error) {
+	if n != c.n {
+		return 0, fmt.Errorf("projection-catchup: %d events asked for a store of %d", n, c.n)
+	}
+	name := c.name("esnats")
+	model := projections.NewMemory(func(view map[string]int, ev *stream.Event) error {
+		it, ok := ev.Data.(item)
+		if !ok {
+			return fmt.Errorf("unexpected event data %T", ev.Data)
+		}
+		view[it.SKU] += it.Qty
+		return nil
+	})
+	w := &caughtUp{Memory: model, target: c.lastSeq, rec: rec, done: make(chan struct{})}
+	r := projections.NewRunner(c.e.js, c.e.store, nil)
+	if err := r.Add(projections.Projection{Name: name, Model: w}); err != nil {
+		return 0, err
+	}
+	defer func() { _ = c.deleteConsumer(ctx, name) }()
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	runErr := make(chan error, 1)
+	timeout := time.NewTimer(catchUpTimeout)
+	defer timeout.Stop()
+	start := time.Now()
+	go func() { runErr <- r.Run(rctx) }()
+	select {
+	case <-w.done:
+	case err := <-runErr:
+		if err == nil {
+			err = ctx.Err()
+		}
+		if err == nil {
+			err = errors.New("runner stopped")
+		}
+		return 0, fmt.Errorf("projection %s: %w", name, err)
+	case <-ctx.Done():
+		stop()
+		<-runErr
+		return time.Since(start), ctx.Err()
+	case <-timeout.C:
+		stop()
+		<-runErr
+		return 0, fmt.Errorf("projection %s: not caught up after %s", name, catchUpTimeout)
+	}
+	d := time.Since(start)
+	stop()
+	if err := <-runErr; err != nil {
+		return 0, fmt.Errorf("projection %s: %w", name, err)
+	}
+	if got := model.Snapshot(); !maps.Equal(got, c.want) {
+		return 0, fmt.Errorf("projection %s: model holds %v, want %v", name, got, c.want)
+	}
+	return d, c.deleteConsumer(ctx, name)
+}
+
+// caughtUp is projection-catchup's read model: the in-memory model, counting
+// the events it is given and closing done once it has applied the event at
+// sequence target. Embedding *projections.Memory keeps it Checkpointed.
+type caughtUp struct {
+	*projections.Memory[int]
+	target uint64
+	rec    *recorder
+	once   sync.Once
+	done   chan struct{}
+}
+
+func (w *caughtUp) Apply(ctx context.Context, evs []*stream.Event) error {
+	if err := w.Memory.Apply(ctx, evs); err != nil {
+		return err
+	}
+	w.rec.add(len(evs))
+	if len(evs) > 0 && evs[len(evs)-1].Sequence >= w.target {
+		w.once.Do(func() { close(w.done) })
+	}
+	return nil
+}
+
+var _ projections.Checkpointed = (*caughtUp)(nil)
