@@ -2,6 +2,7 @@ package kv
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/esnats/esnats/stream"
@@ -175,4 +176,30 @@ func decodeSnapshot(data []byte, agg stream.Aggregate) (Snapshot, error) {
 		State:         e.State,
 		Time:          t,
 	}, nil
+}
+
+// ParseKey is the inverse of Key: it returns the aggregate whose snapshot is
+// stored under key. The error wraps stream.ErrInvalidName or
+// stream.ErrInvalidID when key is not a snapshot key.
+func ParseKey(key string) (stream.Aggregate, error) {
+	typ, token, ok := strings.Cut(key, ".")
+	if !ok {
+		return stream.Aggregate{}, fmt.Errorf("%w: snapshot key %q is not <aggregate type>.<escaped id>", stream.ErrInvalidName, key)
+	}
+	if err := stream.ValidateName("aggregate type", typ); err != nil {
+		return stream.Aggregate{}, err
+	}
+	id, err := stream.DecodeID(token)
+	if err != nil {
+		return stream.Aggregate{}, err
+	}
+	return stream.Aggregate{Type: typ, ID: id}, nil
+}
+
+// DecodeSnapshot decodes a value read from a snapshot bucket (for example
+// by a tool that lists the bucket) as the snapshot of agg, with the same
+// checks as Store.Get. The error wraps ErrCorruptSnapshot and says what is
+// wrong. It never panics.
+func DecodeSnapshot(data []byte, agg stream.Aggregate) (Snapshot, error) {
+	return decodeSnapshot(data, agg)
 }

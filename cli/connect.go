@@ -1,0 +1,183 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+	"github.com/synadia-io/orbit.go/natscontext"
+)
+
+// connFlags are the connection flags, named as the nats CLI names them.
+type connFlags struct {
+	server, creds, nkey, user, password string
+	tlsCert, tlsKey, tlsCA              string
+	tlsFirst                            bool
+	context, jsDomain                   string
+	timeout                             time.Duration
+}
+
+func (f *connFlags) flags(root *cobra.Command) {
+	pf := root.PersistentFlags()
+	pf.StringVarP(&f.server, "server", "s", "", "NATS server URLs, comma separated (default $NATS_URL, else the --context's, else nats://127.0.0.1:4222)")
+	pf.StringVar(&f.creds, "creds", "", "user credentials file (JWT and NKey seed)")
+	pf.StringVar(&f.nkey, "nkey", "", "user NKey seed file")
+	pf.StringVar(&f.user, "user", "", "user name or token")
+	pf.StringVar(&f.password, "password", "", "password")
+	pf.StringVar(&f.tlsCert, "tlscert", "", "TLS client certificate file")
+	pf.StringVar(&f.tlsKey, "tlskey", "", "TLS client private key file")
+	pf.StringVar(&f.tlsCA, "tlsca", "", "TLS certificate authority file")
+	pf.BoolVar(&f.tlsFirst, "tlsfirst", false, "perform the TLS handshake before the NATS INFO")
+	pf.StringVar(&f.context, "context", "", "nats CLI context to use (default: the nats CLI's selected context, if any)")
+	pf.StringVar(&f.jsDomain, "js-domain", "", "JetStream domain")
+	pf.DurationVar(&f.timeout, "timeout", 5*time.Second, "time to wait for the server on each request")
+}
+
+// urls returns the servers to connect to and where they came from.
+func (f *connFlags) urls() (string, string) {
+	if f.server != "" {
+		return f.server, "--server"
+	}
+	if u := os.Getenv("NATS_URL"); u != "" {
+		return u, "NATS_URL"
+	}
+	return "", ""
+}
+
+// connection is an open connection with its JetStream context.
+type connection struct {
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	url string
+}
+
+func (c *connection) Close() {
+	if c != nil && c.nc != nil {
+		c.nc.Close()
+	}
+}
+
+// connect opens a connection as the flags say: a nats CLI context (named,
+// or the selected one) gives defaults that explicit flags and NATS_URL
+// override. Failures come back with ExitConnect and a message saying where
+// it tried and what to do.
+func (f *connFlags) connect(ctx context.Context, name string, follow bool) (*connection, error) {
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.Timeout(f.timeout),
+	}
+	if follow {
+		opts = append(opts, nats.MaxReconnects(-1))
+	} else {
+		opts = append(opts, nats.NoReconnect())
+	}
+	switch {
+	case f.creds != "":
+		opts = append(opts, nats.UserCredentials(f.creds))
+	case f.nkey != "":
+		o, err := nats.NkeyOptionFromSeed(f.nkey)
+		if err != nil {
+			return nil, withCode(ExitConnect, fmt.Errorf("reading --nkey %s: %w", f.nkey, err))
+		}
+		opts = append(opts, o)
+	}
+	if f.user != "" {
+		if f.password == "" {
+			opts = append(opts, nats.Token(f.user))
+		} else {
+			opts = append(opts, nats.UserInfo(f.user, f.password))
+		}
+	}
+	if f.tlsCert != "" || f.tlsKey != "" {
+		if f.tlsCert == "" || f.tlsKey == "" {
+			return nil, usagef("--tlscert and --tlskey go together")
+		}
+		opts = append(opts, nats.ClientCert(f.tlsCert, f.tlsKey))
+	}
+	if f.tlsCA != "" {
+		opts = append(opts, nats.RootCAs(f.tlsCA))
+	}
+	if f.tlsFirst {
+		opts = append(opts, nats.TLSHandshakeFirst())
+	}
+	urls, from := f.urls()
+	if urls != "" {
+		servers := strings.Split(urls, ",")
+		for i := range servers {
+			servers[i] = strings.TrimSpace(servers[i])
+		}
+		opts = append(opts, func(o *nats.Options) error {
+			o.Servers = servers
+			o.Url = ""
+			return nil
+		})
+	}
+
+	nc, settings, err := natscontext.Connect(f.context, opts...)
+	if err != nil {
+		return nil, f.connectError(err, urls, from, settings)
+	}
+	domain := f.jsDomain
+	if domain == "" {
+		domain = settings.JSDomain
+	}
+	var js jetstream.JetStream
+	jsOpts := []jetstream.JetStreamOpt{jetstream.WithDefaultTimeout(f.timeout)}
+	if domain != "" {
+		js, err = jetstream.NewWithDomain(nc, domain, jsOpts...)
+	} else {
+		js, err = jetstream.New(nc, jsOpts...)
+	}
+	if err != nil {
+		nc.Close()
+		return nil, withCode(ExitConnect, err)
+	}
+	c := &connection{nc: nc, js: js, url: nc.ConnectedUrlRedacted()}
+	// One round trip tells whether JetStream is there, before a command
+	// misreads its absence as "not found".
+	actx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	if _, err := js.AccountInfo(actx); err != nil {
+		c.Close()
+		switch {
+		case errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount), errors.Is(err, nats.ErrNoResponders):
+			return nil, withCode(ExitConnect, fmt.Errorf("connected to %s, but JetStream is not enabled there for this account (%v); esnats needs a server run with JetStream (nats-server -js, or %s)", c.url, err, "esnats dev"))
+		default:
+			return nil, withCode(ExitConnect, fmt.Errorf("connected to %s, but JetStream did not answer: %w", c.url, err))
+		}
+	}
+	return c, nil
+}
+
+// connectError explains a failed connection.
+func (f *connFlags) connectError(err error, urls, from string, settings natscontext.Settings) error {
+	where := urls
+	switch {
+	case where != "":
+		where += " (from " + from + ")"
+	case settings.URL != "":
+		where = settings.URL + " (from the nats context)"
+	default:
+		where = nats.DefaultURL + " (the default; set -s, NATS_URL or --context)"
+	}
+	if f.context != "" && strings.Contains(err.Error(), "context") && !strings.Contains(err.Error(), "deadline") {
+		return withCode(ExitConnect, fmt.Errorf("nats context %q: %w (list them with: nats context ls)", f.context, err))
+	}
+	switch {
+	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired), errors.Is(err, nats.ErrAuthRevoked),
+		strings.Contains(strings.ToLower(err.Error()), "authorization violation"), strings.Contains(strings.ToLower(err.Error()), "authentication"):
+		return withCode(ExitConnect, fmt.Errorf("the server at %s refused the credentials (check --user/--password, --creds, --nkey or the context): %w", where, err))
+	case errors.Is(err, nats.ErrNoServers), errors.Is(err, nats.ErrTimeout):
+		return withCode(ExitConnect, fmt.Errorf("no NATS server answered at %s: %w\nstart one for development with: esnats dev", where, err))
+	case strings.Contains(err.Error(), "tls") || strings.Contains(err.Error(), "x509") || errors.Is(err, nats.ErrSecureConnRequired) || errors.Is(err, nats.ErrSecureConnWanted):
+		return withCode(ExitConnect, fmt.Errorf("TLS with %s failed (check --tlscert, --tlskey, --tlsca): %w", where, err))
+	default:
+		return withCode(ExitConnect, fmt.Errorf("cannot connect to %s: %w", where, err))
+	}
+}

@@ -1,0 +1,333 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/esnats/esnats/projections"
+	"github.com/esnats/esnats/stream"
+)
+
+func (a *app) projectionsCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "projections",
+		Aliases: []string{"proj"},
+		Short:   "Status, rebuild and reset of projections; run them as a worker",
+		Long: `Projections are read models built by worker processes from a store's events.
+Workers that serve the control plane (projections.Runner.Serve) answer on
+$ESNATS.PROJ.<store>.>: "status" gathers every worker's view, "rebuild" and
+"reset" ask the worker that runs the projection to do it.`,
+	}
+	cmd.AddCommand(a.projStatusCmd(), a.projRebuildCmd(), a.projResetCmd(), a.projRunCmd())
+	return cmd
+}
+
+// statusRow is one projection in one worker, as "projections status" shows it.
+type statusRow struct {
+	Projection string  `json:"projection"`
+	Instance   string  `json:"instance"`
+	Host       string  `json:"host"`
+	PID        int     `json:"pid"`
+	Role       string  `json:"role"`
+	Mode       string  `json:"mode"`
+	Position   uint64  `json:"position"`
+	Lag        uint64  `json:"lag"`
+	Rate       float64 `json:"rate"`
+	Parked     uint64  `json:"parked"`
+	LastError  string  `json:"last_error,omitempty"`
+}
+
+// role names what an instance does with a projection.
+func role(p projections.ProjectionStatus) string {
+	switch {
+	case p.Rebuilding:
+		return "rebuilding"
+	case p.Resetting:
+		return "resetting"
+	case p.Active:
+		return "active"
+	case p.Running && p.Pinned:
+		return "standby"
+	case p.Running:
+		return "running"
+	default:
+		return "stopped"
+	}
+}
+
+func (a *app) projStatusCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status STORE",
+		Short: "Every worker's projections: position, lag, rate, active or standby",
+		Long: `Ask every worker process of the store for its projections: position (last
+event applied), lag (matching events not applied yet), rate, parked events,
+last error, and the process's role: active (it holds the consumer's pin and
+applies the events), standby, rebuilding, resetting or stopped. When no
+worker answers, the projections' durable consumers are shown instead, as the
+server knows them.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, err := a.conn.connect(ctx, "esnats projections status", false)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if _, err := lookupStore(ctx, c, args[0]); err != nil {
+				return err
+			}
+			cl, err := projections.NewControlClient(c.nc, args[0], projections.WithControlTimeout(a.conn.timeout))
+			if err != nil {
+				return withCode(ExitUsage, err)
+			}
+			instances, err := cl.Status(ctx)
+			w := cmd.OutOrStdout()
+			if errors.Is(err, projections.ErrNoWorker) {
+				rows, cerr := storeConsumers(ctx, c, args[0])
+				if cerr != nil {
+					return cerr
+				}
+				if asJSON {
+					return writeJSON(w, map[string]any{"workers": []any{}, "consumers": rows})
+				}
+				fmt.Fprintf(w, "no worker process answers for store %s (workers serve the control plane with projections.Runner.Serve)\n", args[0])
+				if len(rows) == 0 {
+					fmt.Fprintln(w, "and the store has no durable consumers")
+					return nil
+				}
+				fmt.Fprintln(w, "its durable consumers, as the server knows them:")
+				t := newTable(w, "CONSUMER", "POSITION", "LAG", "STATE", "LAST ACTIVE")
+				for _, r := range rows {
+					t.row(r.Name, r.Position, r.Lag, r.State, shortTime(r.LastActive))
+				}
+				return t.flush()
+			}
+			if err != nil {
+				return err
+			}
+			var rows []statusRow
+			for _, in := range instances {
+				for _, p := range in.Projections {
+					last := p.LastError
+					if p.Error != "" {
+						last = p.Error
+					}
+					rows = append(rows, statusRow{
+						Projection: p.Name, Instance: in.Instance, Host: in.Host, PID: in.PID, Role: role(p), Mode: p.Mode,
+						Position: p.Position, Lag: p.Lag, Rate: p.Rate, Parked: p.Parked, LastError: last,
+					})
+				}
+			}
+			if asJSON {
+				return writeJSON(w, map[string]any{"workers": instances, "projections": rows})
+			}
+			fmt.Fprintf(w, "%d worker process(es) for store %s\n", len(instances), args[0])
+			if len(rows) == 0 {
+				fmt.Fprintln(w, "they run no projections")
+				return nil
+			}
+			t := newTable(w, "PROJECTION", "WORKER", "ROLE", "MODE", "POSITION", "LAG", "RATE/S", "PARKED", "LAST ERROR")
+			for _, r := range rows {
+				last := r.LastError
+				if last == "" {
+					last = "-"
+				}
+				t.row(r.Projection, fmt.Sprintf("%s/%d (%s)", r.Host, r.PID, shortID(r.Instance)), r.Role, r.Mode, r.Position, r.Lag, fmt.Sprintf("%.1f", r.Rate), r.Parked, truncate(last, 60))
+			}
+			return t.flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+// shortID keeps the end of a long instance id, enough to tell them apart.
+func shortID(id string) string {
+	if len(id) > 8 {
+		return id[len(id)-8:]
+	}
+	return id
+}
+
+func (a *app) projRebuildCmd() *cobra.Command {
+	var (
+		instance string
+		quiet    bool
+	)
+	cmd := &cobra.Command{
+		Use:   "rebuild STORE PROJECTION",
+		Short: "Rebuild a projection in its worker, with progress",
+		Long: `Ask the worker that runs the projection to rebuild it: replay the store from
+the start into a fresh read model (the projection's Fresh), then switch over
+to it. The old model keeps serving until the switch. Progress is shown while
+it runs; the command returns when the rebuild is done or failed. If the
+command is interrupted, the rebuild goes on in the worker.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, err := a.conn.connect(ctx, "esnats projections rebuild", false)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if _, err := lookupStore(ctx, c, args[0]); err != nil {
+				return err
+			}
+			opts := []projections.ControlOption{projections.WithControlTimeout(a.conn.timeout)}
+			if instance != "" {
+				opts = append(opts, projections.WithInstance(instance))
+			}
+			cl, err := projections.NewControlClient(c.nc, args[0], opts...)
+			if err != nil {
+				return withCode(ExitUsage, err)
+			}
+			p := newProgress(cmd.ErrOrStderr(), "rebuilding "+args[1], 0, quiet)
+			var last projections.Progress
+			err = cl.Rebuild(ctx, args[1], func(pr projections.Progress) {
+				last = pr
+				p.set(int64(pr.Position), int64(pr.Target))
+			})
+			p.finish()
+			if err != nil {
+				return projError(args[0], args[1], err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "projection %s of store %s rebuilt: %d events applied, position %d; it now runs on the new model\n", args[1], args[0], last.Applied, last.Position)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&instance, "instance", "", "the worker instance to ask (default: the one running the projection)")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress")
+	return cmd
+}
+
+func (a *app) projResetCmd() *cobra.Command {
+	var (
+		instance string
+		to       uint64
+	)
+	cmd := &cobra.Command{
+		Use:   "reset STORE PROJECTION",
+		Short: "Move a projection back to a position (events from there are applied again)",
+		Long: `Ask the worker that runs the projection to move it back to stream sequence
+--to (default 1: the start). Events from there on are delivered again. An
+exactly-once model (one that keeps its own checkpoint) can only go back to the
+start, and its data is dropped first; other models keep their data and must
+take the events again idempotently. Only one worker process may run the
+projection during a reset: stop the others first.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, err := a.conn.connect(ctx, "esnats projections reset", false)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if _, err := lookupStore(ctx, c, args[0]); err != nil {
+				return err
+			}
+			opts := []projections.ControlOption{projections.WithControlTimeout(a.conn.timeout)}
+			if instance != "" {
+				opts = append(opts, projections.WithInstance(instance))
+			}
+			cl, err := projections.NewControlClient(c.nc, args[0], opts...)
+			if err != nil {
+				return withCode(ExitUsage, err)
+			}
+			if err := cl.Reset(ctx, args[1], to); err != nil {
+				return projError(args[0], args[1], err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "projection %s of store %s reset to sequence %d; its worker applies the events from there again\n", args[1], args[0], max(to, 1))
+			return nil
+		},
+	}
+	cmd.Flags().Uint64Var(&to, "to", 1, "stream sequence to go back to (1: the start)")
+	cmd.Flags().StringVar(&instance, "instance", "", "the worker instance to ask (default: the one running the projection)")
+	return cmd
+}
+
+// projError explains a control-plane failure, with its exit code.
+func projError(store, name string, err error) error {
+	switch {
+	case errors.Is(err, projections.ErrNoWorker):
+		return withCode(ExitNotFound, fmt.Errorf("no worker process answers for store %s: start the worker that runs projection %s (it must call projections.Runner.Serve): %w", store, name, err))
+	case errors.Is(err, projections.ErrUnknownProjection):
+		return withCode(ExitNotFound, fmt.Errorf("no worker of store %s has a projection %s (see: esnats projections status %s): %w", store, name, store, err))
+	}
+	return err
+}
+
+func (a *app) projRunCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "run STORE",
+		Short: "Run the projections of a store as a worker (in binaries built with your projections)",
+		Long: `Run the store's projections in this process until interrupted, with the
+control plane that "projections status|rebuild|reset" talk to. Run as many
+worker processes as you like: for each projection one is active, the others
+stand by and take over when it stops.
+
+The stock esnats binary has no projections compiled in: build your worker's own
+command with the cli package (cli.Main(cli.Options{Projections: ...}), see
+docs/cli.md).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if a.opts.Projections == nil {
+				return withCode(ExitUsage, fmt.Errorf("%s has no projections compiled in: build your worker's command with the esnats cli package and Options.Projections (see docs/cli.md), or call projections.Runner from your own main", a.opts.Name))
+			}
+			ctx := cmd.Context()
+			c, err := a.conn.connect(ctx, a.opts.Name+" projections run", true)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return a.runWorker(ctx, cmd.ErrOrStderr(), c, args[0])
+		},
+	}
+	return cmd
+}
+
+// runWorker runs the application's projections of store until ctx ends.
+func (a *app) runWorker(ctx context.Context, logw io.Writer, c *connection, storeName string) error {
+	reg := a.opts.Registry
+	if reg == nil {
+		return withCode(ExitUsage, errors.New("Options.Registry is required to run projections (events are decoded with it)"))
+	}
+	store, err := stream.OpenStore(ctx, c.js, stream.Config{Name: storeName, Registry: reg})
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(logw, nil)).With("store", storeName)
+	projs, err := a.opts.Projections(ctx, c.js, store)
+	if err != nil {
+		return fmt.Errorf("setting up the projections: %w", err)
+	}
+	if len(projs) == 0 {
+		return fmt.Errorf("no projections of store %s to run", storeName)
+	}
+	runner := projections.NewRunner(c.js, store, log)
+	names := make([]string, 0, len(projs))
+	for _, p := range projs {
+		if err := runner.Add(p); err != nil {
+			return err
+		}
+		names = append(names, p.Name)
+	}
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	svc, err := runner.Serve(sctx, c.nc)
+	if err != nil {
+		return fmt.Errorf("serving the control plane: %w", err)
+	}
+	log.Info("worker started", "projections", strings.Join(names, ","), "instance", svc.ID(), "server", c.url)
+	err = runner.Run(ctx)
+	stop()
+	<-svc.Done()
+	log.Info("worker stopped")
+	return err
+}
