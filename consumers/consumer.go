@@ -323,18 +323,42 @@ func (c *Consumer) ensure(ctx context.Context) (jetstream.Consumer, error) {
 		return nil, fmt.Errorf("consumers: creating consumer %q on stream %q: %w", c.cfg.Name, c.store.Name(), err)
 	}
 	if c.cfg.OnFailure == Park {
-		if _, err := c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-			Name:        c.cfg.DeadLetter,
-			Description: "esnats parked events of stream " + c.store.Name(),
-			Subjects:    []string{c.cfg.DeadLetter + ".>"},
-			Storage:     jetstream.FileStorage,
-			Replicas:    c.store.Config().Replicas,
-			Duplicates:  10 * time.Minute,
-		}); err != nil {
-			return nil, fmt.Errorf("consumers: creating dead-letter stream %q: %w", c.cfg.DeadLetter, err)
+		if err := c.ensureDeadLetter(ctx); err != nil {
+			return nil, err
 		}
 	}
 	return cons, nil
+}
+
+// ensureDeadLetter creates the dead-letter stream if it does not exist, with
+// the replicas the store's stream has on the server (not those of the
+// stream.Config this process opened the store with, which may be a
+// default). An existing dead-letter stream is left as it is: an operator
+// may have changed its limits or replicas.
+func (c *Consumer) ensureDeadLetter(ctx context.Context) error {
+	_, err := c.js.Stream(ctx, c.cfg.DeadLetter)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("consumers: looking up dead-letter stream %q: %w", c.cfg.DeadLetter, err)
+	}
+	replicas := c.store.Config().Replicas
+	if st, err := c.js.Stream(ctx, c.store.Name()); err == nil {
+		replicas = st.CachedInfo().Config.Replicas
+	}
+	_, err = c.js.CreateStream(ctx, jetstream.StreamConfig{
+		Name:        c.cfg.DeadLetter,
+		Description: "esnats parked events of stream " + c.store.Name(),
+		Subjects:    []string{c.cfg.DeadLetter + ".>"},
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+		Duplicates:  10 * time.Minute,
+	})
+	if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		return fmt.Errorf("consumers: creating dead-letter stream %q: %w", c.cfg.DeadLetter, err)
+	}
+	return nil
 }
 
 // Run delivers events to the handlers until ctx ends or, with the Stop

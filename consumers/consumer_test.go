@@ -497,3 +497,30 @@ func TestConsumerStopDuringRetries(t *testing.T) {
 	assert.Zero(t, st.Parked)
 	assert.Zero(t, st.Position, "nothing acknowledged: delivered again next time")
 }
+
+// An existing dead-letter stream is left as the operator configured it: a
+// worker's start does not reset its limits.
+func TestConsumerKeepsAnOperatorsDeadLetterStream(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	_, err := e.js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: "shop_dlq", Subjects: []string{"shop_dlq.>"}, Storage: jetstream.FileStorage, MaxAge: time.Hour,
+	})
+	require.NoError(t, err)
+	e.appendItems(t, 3)
+	c, err := consumers.New(e.js, e.store, consumers.Config{Name: "keeps-dlq"})
+	require.NoError(t, err)
+	rec := newRecorder()
+	require.NoError(t, consumers.On(c, func(_ context.Context, ev *stream.Event, _ ItemAdded) error {
+		rec.add(ev.Sequence)
+		return nil
+	}))
+	rctx, cancel := context.WithCancel(ctx)
+	done := runAsync(rctx, c)
+	require.Eventually(t, func() bool { return rec.count() == 3 }, 10*time.Second, 10*time.Millisecond)
+	cancel()
+	require.NoError(t, <-done)
+	dlq, err := e.js.Stream(ctx, "shop_dlq")
+	require.NoError(t, err)
+	assert.Equal(t, time.Hour, dlq.CachedInfo().Config.MaxAge)
+}
