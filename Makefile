@@ -4,7 +4,7 @@ GO ?= go
 PKGS ?= ./...
 BENCHTIME ?= 2s
 
-.PHONY: all test demo bench lint fuzz cover tidy
+.PHONY: all test demo bench lint fuzz cover tidy compose-up compose-down compose-logs
 
 all: lint test
 
@@ -40,3 +40,15 @@ cover:
 
 tidy:
 	$(GO) mod tidy
+
+## compose-up: a 3-node NATS cluster and the service example (examples/service) in Docker
+compose-up:
+	docker compose up --build -d
+
+## compose-down: stop and remove the containers (the data volumes stay; docker compose down -v removes them)
+compose-down:
+	docker compose down
+
+## compose-logs: follow the logs of the compose services
+compose-logs:
+	docker compose logs -f
