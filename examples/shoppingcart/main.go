@@ -50,6 +50,16 @@ func main() {
 		cleanup()
 		log.Fatal(err)
 	}
+	if os.Getenv("NATS_URL") == "" {
+		fmt.Println("\nthe embedded server and its data go away now; to keep them and look around with the esnats command:")
+		fmt.Println("   go run ./cmd/esnats dev                      # in another terminal")
+		fmt.Println("   NATS_URL=nats://127.0.0.1:4222 make demo     # then follow what it prints")
+		return
+	}
+	fmt.Println("\nlook at what the demo stored with the esnats command:")
+	fmt.Println("   go run ./cmd/esnats events shoppingcart --type cart -n 20")
+	fmt.Printf("   go run ./cmd/esnats aggregate shoppingcart cart carol%s --bucket shoppingcart_snapshots\n", suffix)
+	fmt.Println("   go run ./cmd/esnats consumers shoppingcart")
 }
 
 // demo holds what the scenario's steps share.

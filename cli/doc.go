@@ -1,0 +1,27 @@
+// Package cli is the esnats command-line tool as a library: cmd/esnats is
+// cli.Main(cli.Options{}), and a worker binary built with this package gets
+// every esnats command plus "projections run" with its own projections, and
+// payloads decoded with its own registry:
+//
+//	func main() {
+//		cli.Main(cli.Options{
+//			Name:        "cart-worker",
+//			Registry:    cart.Registry(),
+//			Projections: cart.Projections, // func(ctx, js, store) ([]projections.Projection, error)
+//		})
+//	}
+//
+// The commands: dev (an embedded NATS server with JetStream for
+// development), stores, events (show and follow, with filters), aggregate
+// (history and snapshot), snapshots, consumers, projections
+// status|rebuild|reset|run (through the workers' control plane, see
+// projections.Runner.Serve) and bench (esnats beside raw JetStream).
+// Connection flags follow the nats CLI (-s, --creds, --nkey, --user,
+// --password, --tlscert, --tlskey, --tlsca, --context). Tables are for
+// people, --json for scripts. Exit codes are ExitOK, ExitError, ExitUsage,
+// ExitConnect and ExitNotFound. docs/cli.md is the manual.
+//
+// Run executes one command line and returns its exit code, for tests and
+// for programs that embed the tool; it stops long-running commands when its
+// context ends.
+package cli
