@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -209,8 +210,9 @@ command is interrupted, the rebuild goes on in the worker.`,
 
 func (a *app) projResetCmd() *cobra.Command {
 	var (
-		instance string
-		to       uint64
+		instance    string
+		to          uint64
+		wait, quiet bool
 	)
 	cmd := &cobra.Command{
 		Use:   "reset STORE PROJECTION",
@@ -243,10 +245,21 @@ projection during a reset: stop the others first.`,
 			if err := cl.Reset(ctx, args[1], to); err != nil {
 				return projError(args[0], args[1], err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "projection %s of store %s reset to sequence %d; its worker applies the events from there again\n", args[1], args[0], max(to, 1))
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "projection %s of store %s reset to sequence %d; its worker applies the events from there again\n", args[1], args[0], max(to, 1))
+			if !wait {
+				return nil
+			}
+			st, err := waitCaughtUp(ctx, cl, args[1], newProgress(cmd.ErrOrStderr(), "replaying "+args[1], 0, quiet), a.conn.timeout)
+			if err != nil {
+				return projError(args[0], args[1], err)
+			}
+			fmt.Fprintf(w, "caught up: position %d, lag 0\n", st.Position)
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the replay has caught up, with progress")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress (with --wait)")
 	cmd.Flags().Uint64Var(&to, "to", 1, "stream sequence to go back to (1: the start)")
 	cmd.Flags().StringVar(&instance, "instance", "", "the worker instance to ask (default: the one running the projection)")
 	return cmd
@@ -330,4 +343,38 @@ func (a *app) runWorker(ctx context.Context, logw io.Writer, c *connection, stor
 	<-svc.Done()
 	log.Info("worker stopped")
 	return err
+}
+
+// waitCaughtUp polls the workers' status until the projection's active
+// process reports no lag, showing the replay's progress. A worker that
+// stops answering for longer than timeout (at least 15s) ends the wait with
+// the error.
+func waitCaughtUp(ctx context.Context, cl *projections.ControlClient, name string, p *progress, timeout time.Duration) (projections.ProjectionStatus, error) {
+	defer p.finish()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	lastOK := time.Now()
+	for {
+		instances, err := cl.Status(ctx)
+		if err == nil {
+			for _, in := range instances {
+				ps, ok := in.Projection(name)
+				if !ok || !ps.Running || ps.Resetting || ps.Error != "" {
+					continue
+				}
+				lastOK = time.Now()
+				p.set(int64(ps.Position), int64(ps.Position+ps.Lag))
+				if ps.Lag == 0 && (ps.Active || len(instances) == 1) {
+					return ps, nil
+				}
+			}
+		} else if time.Since(lastOK) > max(timeout, 15*time.Second) {
+			return projections.ProjectionStatus{}, err
+		}
+		select {
+		case <-ctx.Done():
+			return projections.ProjectionStatus{}, ctx.Err()
+		case <-tick.C:
+		}
+	}
 }

@@ -127,10 +127,14 @@ func TestProjectionsRunStatusRebuildReset(t *testing.T) {
 	assert.False(t, inOld, "the old model is not fed after the switch-over")
 
 	// Reset to the start: the exactly-once model is emptied and refilled.
-	r = run(t, cli.Options{}, "-s", f.url, "projections", "reset", "shop", "items", "--to", "0")
+	// --wait returns once the replay has caught up.
+	r = run(t, cli.Options{}, "-s", f.url, "projections", "reset", "shop", "items", "--to", "0", "--wait")
 	require.Equal(t, cli.ExitOK, r.code, r.stderr)
 	assert.Contains(t, r.stdout, "reset to sequence 1")
-	require.Eventually(t, func() bool { v, _ := fresh.Get("kiwi"); return v == 7 && fresh.Len() == 4 }, 10*time.Second, 10*time.Millisecond)
+	assert.Contains(t, r.stdout, "caught up: position 5, lag 0")
+	v, _ := fresh.Get("kiwi")
+	assert.Equal(t, 7, v)
+	assert.Equal(t, 4, fresh.Len())
 
 	// Errors name what was wrong.
 	r = run(t, cli.Options{}, "-s", f.url, "projections", "rebuild", "shop", "nope")
