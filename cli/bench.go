@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
 	"github.com/esnats/esnats/embedded"
@@ -62,6 +63,8 @@ esnats_bench_<workload>_<random>, and deletes them afterwards.`,
 			}
 
 			where := ""
+			var c *connection
+			var err error
 			if urls, _ := a.conn.urls(); urls == "" && a.conn.context == "" && !useServer {
 				policy, err := parseSync(syncFlag)
 				if err != nil {
@@ -80,11 +83,17 @@ esnats_bench_<workload>_<random>, and deletes them afterwards.`,
 					return err
 				}
 				defer s.Shutdown()
-				a.conn.server = s.ClientURL()
 				where = fmt.Sprintf("embedded server %s (fsync %s, data in %s)", s.ClientURL(), policy, dir)
-			}
-			c, err := a.conn.connect(ctx, "esnats bench", false)
-			if err != nil {
+				// A plain connection: a selected nats context's credentials,
+				// TLS or domain are for another server.
+				nc, err := s.Connect(nats.Name("esnats bench"))
+				if err != nil {
+					return err
+				}
+				if c, err = withJetStream(ctx, nc, "", a.conn.timeout); err != nil {
+					return err
+				}
+			} else if c, err = a.conn.connect(ctx, "esnats bench", false); err != nil {
 				return err
 			}
 			defer c.Close()

@@ -182,17 +182,19 @@ func usagef(format string, args ...any) error {
 	return withCode(ExitUsage, usageError{msg: fmt.Sprintf(format, args...)})
 }
 
-// isUsageError recognises cobra's own argument errors.
+// isUsageError recognises cobra's unknown-command error (argument and flag
+// errors carry ExitUsage already: see args and SetFlagErrorFunc).
 func isUsageError(err error) bool {
 	var ue usageError
-	if errors.As(err, &ue) {
-		return true
-	}
-	msg := err.Error()
-	for _, p := range []string{"unknown command", "accepts ", "requires at least", "requires at most", "unknown flag", "unknown shorthand flag", "flag needs an argument", "invalid argument"} {
-		if strings.Contains(msg, p) {
-			return true
+	return errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command ")
+}
+
+// args wraps a cobra argument check so that its error exits with ExitUsage.
+func args(check cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, a []string) error {
+		if err := check(cmd, a); err != nil {
+			return withCode(ExitUsage, fmt.Errorf("%s: %w (see %s --help)", cmd.CommandPath(), err, cmd.CommandPath()))
 		}
+		return nil
 	}
-	return false
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -121,14 +122,23 @@ func (f *connFlags) connect(ctx context.Context, name string, follow bool) (*con
 
 	nc, settings, err := natscontext.Connect(f.context, opts...)
 	if err != nil {
-		return nil, f.connectError(err, urls, from, settings)
+		return nil, f.connectError(err, urls, from)
 	}
 	domain := f.jsDomain
 	if domain == "" {
 		domain = settings.JSDomain
 	}
-	var js jetstream.JetStream
-	jsOpts := []jetstream.JetStreamOpt{jetstream.WithDefaultTimeout(f.timeout)}
+	return withJetStream(ctx, nc, domain, f.timeout)
+}
+
+// withJetStream checks that JetStream answers on nc (in domain, if set) and
+// returns the connection; on error nc is closed.
+func withJetStream(ctx context.Context, nc *nats.Conn, domain string, timeout time.Duration) (*connection, error) {
+	var (
+		js  jetstream.JetStream
+		err error
+	)
+	jsOpts := []jetstream.JetStreamOpt{jetstream.WithDefaultTimeout(timeout)}
 	if domain != "" {
 		js, err = jetstream.NewWithDomain(nc, domain, jsOpts...)
 	} else {
@@ -141,7 +151,7 @@ func (f *connFlags) connect(ctx context.Context, name string, follow bool) (*con
 	c := &connection{nc: nc, js: js, url: nc.ConnectedUrlRedacted()}
 	// One round trip tells whether JetStream is there, before a command
 	// misreads its absence as "not found".
-	actx, cancel := context.WithTimeout(ctx, f.timeout)
+	actx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if _, err := js.AccountInfo(actx); err != nil {
 		c.Close()
@@ -156,13 +166,15 @@ func (f *connFlags) connect(ctx context.Context, name string, follow bool) (*con
 }
 
 // connectError explains a failed connection.
-func (f *connFlags) connectError(err error, urls, from string, settings natscontext.Settings) error {
+func (f *connFlags) connectError(err error, urls, from string) error {
 	where := urls
 	switch {
 	case where != "":
 		where += " (from " + from + ")"
-	case settings.URL != "":
-		where = settings.URL + " (from the nats context)"
+	case f.context != "":
+		where = "the URL of nats context " + f.context
+	case selectedContext() != "":
+		where = "the URL of nats context " + selectedContext() + " (selected with nats context select)"
 	default:
 		where = nats.DefaultURL + " (the default; set -s, NATS_URL or --context)"
 	}
@@ -180,4 +192,22 @@ func (f *connFlags) connectError(err error, urls, from string, settings natscont
 	default:
 		return withCode(ExitConnect, fmt.Errorf("cannot connect to %s: %w", where, err))
 	}
+}
+
+// selectedContext returns the name of the nats CLI's selected context, ""
+// if none: the file the nats CLI keeps it in, as natscontext reads it.
+func selectedContext() string {
+	dir := os.Getenv("XDG_CONFIG_HOME")
+	if dir == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return ""
+		}
+		dir = filepath.Join(home, ".config")
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "nats", "context.txt"))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }

@@ -100,7 +100,7 @@ func (a *app) consumersCmd() *cobra.Command {
 own consumers) with their position (acknowledgement floor: every event up to
 it is handled), lag (matching events not yet acknowledged) and state:
 caught-up, working, stalled (events wait and no worker asks for them) or idle.`,
-		Args: cobra.ExactArgs(1),
+		Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			c, err := a.conn.connect(ctx, "esnats consumers", false)

@@ -234,3 +234,16 @@ func jsonable(v any) any {
 		return v
 	}
 }
+
+// cell is the payload as a table shows it: the JSON, after the reason it
+// could not be decoded if any, shortened unless wide.
+func (r eventRecord) cell(wide bool) string {
+	data := string(r.Data)
+	if r.DecodeError != "" {
+		data = "! " + r.DecodeError + " " + data
+	}
+	if !wide {
+		data = truncate(data, 100)
+	}
+	return data
+}

@@ -60,7 +60,7 @@ the zero-install server for development. Its data directory survives restarts
 		Example: `  esnats dev
   esnats dev --port -1 --dir ./data      # a random port, data in ./data
   NATS_URL=nats://127.0.0.1:4222 go run ./examples/shoppingcart`,
-		Args: cobra.NoArgs,
+		Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			policy, err := parseSync(syncFlag)
 			if err != nil {

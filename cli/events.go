@@ -76,7 +76,9 @@ func (a *app) readEvents(ctx context.Context, c *connection, si *storeInfo, q ev
 	if err != nil {
 		return 0, err
 	}
-	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}}
+	// The server deletes the ordered consumer a few seconds after the last
+	// pull: a one-off read leaves nothing behind on the store.
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}, InactiveThreshold: 5 * time.Second}
 	since, err := parseSince(q.since, time.Now())
 	if err != nil {
 		return 0, err
@@ -173,7 +175,7 @@ cannot be decoded are shown with the reason, never skipped.`,
 		Example: `  esnats events shop --type cart --id alice@example.com
   esnats events shop --event ItemAdded --since 10m
   esnats events shop -f --json | jq .data`,
-		Args: cobra.ExactArgs(1),
+		Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			c, err := a.conn.connect(ctx, "esnats events", q.follow)
@@ -217,14 +219,7 @@ func (a *app) printEvents(ctx context.Context, w io.Writer, c *connection, si *s
 		if asJSON {
 			werr = writeJSONLine(w, r)
 		} else {
-			data := string(r.Data)
-			if r.DecodeError != "" {
-				data = "! " + r.DecodeError + " " + data
-			}
-			if !wide {
-				data = truncate(data, 100)
-			}
-			t.row(r.Sequence, shortTime(r.Time), r.AggregateType+"/"+r.AggregateID, r.Version, r.Type, data)
+			t.row(r.Sequence, shortTime(r.Time), r.AggregateType+"/"+r.AggregateID, r.Version, r.Type, r.cell(wide))
 			if q.follow {
 				werr = t.flush() // show each event as it comes
 			}
@@ -274,7 +269,7 @@ func (a *app) aggregateCmd() *cobra.Command {
 the aggregate's snapshot in the snapshot bucket (if any): which version it
 holds and how many events a load reads after it.`,
 		Example: `  esnats aggregate shop cart alice@example.com`,
-		Args:    cobra.ExactArgs(3),
+		Args:    args(cobra.ExactArgs(3)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			c, err := a.conn.connect(ctx, "esnats aggregate", false)
@@ -328,14 +323,7 @@ holds and how many events a load reads after it.`,
 			fmt.Fprintln(w)
 			t := newTable(w, "VERSION", "SEQ", "TIME", "EVENT", "DATA")
 			for _, e := range rec.Events {
-				data := string(e.Data)
-				if e.DecodeError != "" {
-					data = "! " + e.DecodeError + " " + data
-				}
-				if !wide {
-					data = truncate(data, 100)
-				}
-				t.row(e.Version, e.Sequence, shortTime(e.Time), e.Type, data)
+				t.row(e.Version, e.Sequence, shortTime(e.Time), e.Type, e.cell(wide))
 			}
 			return t.flush()
 		},

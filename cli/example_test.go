@@ -20,6 +20,7 @@ import (
 func ExampleRun() {
 	dir, _ := os.MkdirTemp("", "esnats-example-")
 	defer os.RemoveAll(dir)
+	os.Setenv("XDG_CONFIG_HOME", dir) // no nats CLI context of this machine's user
 	srv, err := embedded.Start(embedded.Options{Dir: dir})
 	if err != nil {
 		fmt.Println(err)

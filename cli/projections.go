@@ -73,7 +73,7 @@ last error, and the process's role: active (it holds the consumer's pin and
 applies the events), standby, rebuilding, resetting or stopped. When no
 worker answers, the projections' durable consumers are shown instead, as the
 server knows them.`,
-		Args: cobra.ExactArgs(1),
+		Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			c, err := a.conn.connect(ctx, "esnats projections status", false)
@@ -159,8 +159,8 @@ func shortID(id string) string {
 
 func (a *app) projRebuildCmd() *cobra.Command {
 	var (
-		instance string
-		quiet    bool
+		instance     string
+		quiet, force bool
 	)
 	cmd := &cobra.Command{
 		Use:   "rebuild STORE PROJECTION",
@@ -169,11 +169,15 @@ func (a *app) projRebuildCmd() *cobra.Command {
 the start into a fresh read model (the projection's Fresh), then switch over
 to it. The old model keeps serving until the switch. Progress is shown while
 it runs; the command returns when the rebuild is done or failed. If the
-command is interrupted, the rebuild goes on in the worker.`,
-		Args: cobra.ExactArgs(2),
+command is interrupted, the rebuild goes on in the worker.
+
+Only the worker that rebuilds goes on with the new consumer: other processes
+running the projection stop with an error at the switch-over and must be
+restarted. The command refuses when it sees several, unless --force.`,
+		Args: args(cobra.ExactArgs(2)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			c, err := a.conn.connect(ctx, "esnats projections rebuild", false)
+			c, err := a.conn.connect(ctx, "esnats projections rebuild", true) // a rebuild may outlast a reconnect
 			if err != nil {
 				return err
 			}
@@ -188,6 +192,11 @@ command is interrupted, the rebuild goes on in the worker.`,
 			cl, err := projections.NewControlClient(c.nc, args[0], opts...)
 			if err != nil {
 				return withCode(ExitUsage, err)
+			}
+			if !force {
+				if n, err := runningIn(ctx, cl, args[1]); err == nil && n > 1 {
+					return withCode(ExitUsage, fmt.Errorf("projection %s runs in %d worker processes: a rebuild switches it to a new consumer, and the others then stop with an error (restart them afterwards); run it again with --force to go ahead", args[1], n))
+				}
 			}
 			p := newProgress(cmd.ErrOrStderr(), "rebuilding "+args[1], 0, quiet)
 			var last projections.Progress
@@ -205,7 +214,23 @@ command is interrupted, the rebuild goes on in the worker.`,
 	}
 	cmd.Flags().StringVar(&instance, "instance", "", "the worker instance to ask (default: the one running the projection)")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress")
+	cmd.Flags().BoolVar(&force, "force", false, "rebuild even when other worker processes run the projection")
 	return cmd
+}
+
+// runningIn counts the worker processes that run the projection.
+func runningIn(ctx context.Context, cl *projections.ControlClient, name string) (int, error) {
+	instances, err := cl.Status(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, in := range instances {
+		if ps, ok := in.Projection(name); ok && ps.Running {
+			n++
+		}
+	}
+	return n, nil
 }
 
 func (a *app) projResetCmd() *cobra.Command {
@@ -221,12 +246,13 @@ func (a *app) projResetCmd() *cobra.Command {
 --to (default 1: the start). Events from there on are delivered again. An
 exactly-once model (one that keeps its own checkpoint) can only go back to the
 start, and its data is dropped first; other models keep their data and must
-take the events again idempotently. Only one worker process may run the
-projection during a reset: stop the others first.`,
-		Args: cobra.ExactArgs(2),
+take the events again idempotently. --to beyond the projection's position
+skips the events in between. Only one worker process may run the projection
+during a reset: stop the others first.`,
+		Args: args(cobra.ExactArgs(2)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			c, err := a.conn.connect(ctx, "esnats projections reset", false)
+			c, err := a.conn.connect(ctx, "esnats projections reset", wait)
 			if err != nil {
 				return err
 			}
@@ -234,7 +260,9 @@ projection during a reset: stop the others first.`,
 			if _, err := lookupStore(ctx, c, args[0]); err != nil {
 				return err
 			}
-			opts := []projections.ControlOption{projections.WithControlTimeout(a.conn.timeout)}
+			// The worker gives a reset up to a minute (it stops the batch in
+			// hand and empties an exactly-once model first).
+			opts := []projections.ControlOption{projections.WithControlTimeout(max(a.conn.timeout, resetTimeout))}
 			if instance != "" {
 				opts = append(opts, projections.WithInstance(instance))
 			}
@@ -288,7 +316,7 @@ stand by and take over when it stops.
 The stock esnats binary has no projections compiled in: build your worker's own
 command with the cli package (cli.Main(cli.Options{Projections: ...}), see
 docs/cli.md).`,
-		Args: cobra.ExactArgs(1),
+		Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if a.opts.Projections == nil {
 				return withCode(ExitUsage, fmt.Errorf("%s has no projections compiled in: build your worker's command with the esnats cli package and Options.Projections (see docs/cli.md), or call projections.Runner from your own main", a.opts.Name))
@@ -345,31 +373,45 @@ func (a *app) runWorker(ctx context.Context, logw io.Writer, c *connection, stor
 	return err
 }
 
-// waitCaughtUp polls the workers' status until the projection's active
-// process reports no lag, showing the replay's progress. A worker that
-// stops answering for longer than timeout (at least 15s) ends the wait with
-// the error.
+// resetTimeout bounds the wait for a RESET reply: the worker allows itself a
+// minute.
+const resetTimeout = 75 * time.Second
+
+// waitCaughtUp polls the workers' status until the process running the
+// projection (the active one, or the only one) reports no lag, showing the
+// replay's progress. When no process qualifies for longer than timeout (at
+// least 15s), it gives up with an error.
 func waitCaughtUp(ctx context.Context, cl *projections.ControlClient, name string, p *progress, timeout time.Duration) (projections.ProjectionStatus, error) {
 	defer p.finish()
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
-	lastOK := time.Now()
+	patience := max(timeout, 15*time.Second)
+	lastSeen := time.Now()
+	var lastErr error
 	for {
 		instances, err := cl.Status(ctx)
-		if err == nil {
-			for _, in := range instances {
-				ps, ok := in.Projection(name)
-				if !ok || !ps.Running || ps.Resetting || ps.Error != "" {
-					continue
-				}
-				lastOK = time.Now()
-				p.set(int64(ps.Position), int64(ps.Position+ps.Lag))
-				if ps.Lag == 0 && (ps.Active || len(instances) == 1) {
-					return ps, nil
-				}
+		lastErr = err
+		var runs []projections.ProjectionStatus
+		for _, in := range instances {
+			if ps, ok := in.Projection(name); ok && ps.Running && !ps.Resetting && ps.Error == "" {
+				runs = append(runs, ps)
 			}
-		} else if time.Since(lastOK) > max(timeout, 15*time.Second) {
-			return projections.ProjectionStatus{}, err
+		}
+		for _, ps := range runs {
+			if !ps.Active && len(runs) > 1 {
+				continue // a standby: its view is not the replay's
+			}
+			lastSeen = time.Now()
+			p.set(int64(ps.Position), int64(ps.Position+ps.Lag))
+			if ps.Lag == 0 && (ps.Active || len(runs) == 1) {
+				return ps, nil
+			}
+		}
+		if time.Since(lastSeen) > patience {
+			if lastErr == nil {
+				lastErr = fmt.Errorf("no worker process reports running projection %s for %s", name, patience)
+			}
+			return projections.ProjectionStatus{}, lastErr
 		}
 		select {
 		case <-ctx.Done():

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,31 +19,41 @@ import (
 	"github.com/esnats/esnats/stream"
 )
 
-// itemsModel counts units per SKU.
-func itemsModel() *projections.Memory[int] {
-	return projections.NewMemory(func(view map[string]int, ev *stream.Event) error {
+// itemsModel counts units per SKU, and the events it applied.
+type itemsModel struct {
+	*projections.Memory[int]
+	applied atomic.Int64
+}
+
+func newItemsModel() *itemsModel {
+	return &itemsModel{Memory: projections.NewMemory(func(view map[string]int, ev *stream.Event) error {
 		if e, ok := ev.Data.(ItemAdded); ok {
 			view[e.SKU] += e.Quantity
 		}
 		return nil
-	})
+	})}
+}
+
+func (m *itemsModel) Apply(ctx context.Context, evs []*stream.Event) error {
+	m.applied.Add(int64(len(evs)))
+	return m.Memory.Apply(ctx, evs)
 }
 
 // workerOptions are the options of a worker binary built with the cli
 // package: the application's registry and projections.
-func workerOptions(models chan<- *projections.Memory[int]) cli.Options {
+func workerOptions(models chan<- *itemsModel) cli.Options {
 	return cli.Options{
 		Name:     "shop-worker",
 		Registry: registry(),
 		Projections: func(ctx context.Context, js jetstream.JetStream, store *stream.Store) ([]projections.Projection, error) {
-			m := itemsModel()
+			m := newItemsModel()
 			models <- m
 			return []projections.Projection{{
 				Name:           "items",
 				AggregateTypes: []string{"cart"},
 				Model:          m,
 				Fresh: func(context.Context) (projections.ReadModel, error) {
-					fresh := itemsModel()
+					fresh := newItemsModel()
 					models <- fresh
 					return fresh, nil
 				},
@@ -81,7 +93,7 @@ func TestProjectionsRunStatusRebuildReset(t *testing.T) {
 	assert.Contains(t, r.stderr, "no projections compiled in")
 
 	// A worker built with the cli package runs them.
-	models := make(chan *projections.Memory[int], 4)
+	models := make(chan *itemsModel, 4)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var wout, werr syncBuffer
@@ -107,7 +119,7 @@ func TestProjectionsRunStatusRebuildReset(t *testing.T) {
 	require.Len(t, st.Workers, 1)
 	assert.Equal(t, "items", st.Projections[0].Projection)
 	assert.Equal(t, uint64(0), st.Projections[0].Lag)
-	assert.Contains(t, []string{"active", "standby", "running"}, st.Projections[0].Role)
+	assert.Equal(t, "active", st.Projections[0].Role, "the only worker, which received the events")
 
 	r = run(t, cli.Options{}, "-s", f.url, "projections", "status", "shop")
 	require.Equal(t, cli.ExitOK, r.code, r.stderr)
@@ -127,22 +139,51 @@ func TestProjectionsRunStatusRebuildReset(t *testing.T) {
 	assert.False(t, inOld, "the old model is not fed after the switch-over")
 
 	// Reset to the start: the exactly-once model is emptied and refilled.
-	// --wait returns once the replay has caught up.
+	// --wait returns once the replay has caught up: every event applied
+	// again (an exactly-once model that was not reset would skip them).
+	before := fresh.applied.Load()
 	r = run(t, cli.Options{}, "-s", f.url, "projections", "reset", "shop", "items", "--to", "0", "--wait")
 	require.Equal(t, cli.ExitOK, r.code, r.stderr)
 	assert.Contains(t, r.stdout, "reset to sequence 1")
 	assert.Contains(t, r.stdout, "caught up: position 5, lag 0")
+	assert.Equal(t, before+5, fresh.applied.Load(), "the 5 events were replayed")
 	v, _ := fresh.Get("kiwi")
 	assert.Equal(t, 7, v)
 	assert.Equal(t, 4, fresh.Len())
+	require.Eventually(t, func() bool {
+		r = run(t, cli.Options{}, "-s", f.url, "projections", "status", "shop", "--json")
+		require.NoError(t, json.Unmarshal([]byte(r.stdout), &st), r.stdout)
+		return len(st.Projections) == 1 && st.Projections[0].Role == "active"
+	}, 10*time.Second, 50*time.Millisecond, "after the reset the worker is the active one again: %s", r.stdout)
 
 	// Errors name what was wrong.
 	r = run(t, cli.Options{}, "-s", f.url, "projections", "rebuild", "shop", "nope")
 	assert.Equal(t, cli.ExitNotFound, r.code)
 	assert.Contains(t, r.stderr, "has a projection nope")
 	r = run(t, cli.Options{}, "-s", f.url, "projections", "reset", "shop", "items", "--to", "3")
-	assert.NotEqual(t, cli.ExitOK, r.code)
-	assert.Contains(t, strings.ToLower(r.stderr), "reset")
+	assert.Equal(t, cli.ExitError, r.code)
+	assert.Contains(t, r.stderr, "invalid reset")
+
+	// A second worker: a rebuild would stop it, so the command asks for --force.
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	done2 := make(chan int, 1)
+	go func() {
+		opts := workerOptions(models)
+		opts.Stdout, opts.Stderr = io.Discard, io.Discard
+		done2 <- cli.Run(ctx2, opts, []string{"-s", f.url, "projections", "run", "shop"})
+	}()
+	<-models
+	require.Eventually(t, func() bool {
+		r = run(t, cli.Options{}, "-s", f.url, "projections", "status", "shop", "--json")
+		require.NoError(t, json.Unmarshal([]byte(r.stdout), &st), r.stdout)
+		return len(st.Workers) == 2
+	}, 10*time.Second, 50*time.Millisecond)
+	r = run(t, cli.Options{}, "-s", f.url, "projections", "rebuild", "shop", "items", "-q")
+	assert.Equal(t, cli.ExitUsage, r.code)
+	assert.Contains(t, r.stderr, "runs in 2 worker processes")
+	cancel2()
+	assert.Equal(t, cli.ExitOK, <-done2)
 
 	cancel()
 	select {

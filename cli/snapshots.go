@@ -99,7 +99,7 @@ func (a *app) snapshotsCmd() *cobra.Command {
 of one aggregate type: each with the version and stream sequence it holds,
 its state type and schema, and its size. A value that does not decode as a
 snapshot is listed with the reason.`,
-		Args: cobra.MaximumNArgs(1),
+		Args: args(cobra.MaximumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			c, err := a.conn.connect(ctx, "esnats snapshots", false)

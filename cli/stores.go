@@ -32,7 +32,7 @@ func (a *app) storesCmd() *cobra.Command {
 		Long: `List the event stores on the server: streams that look like esnats stores (one
 subject space <prefix>.>, limits retention, atomic publish and direct get).
 AGGREGATES counts the aggregate instances (distinct subjects) that have events.`,
-		Args: cobra.NoArgs,
+		Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := a.conn.connect(cmd.Context(), "esnats stores", false)
 			if err != nil {

@@ -210,7 +210,16 @@ type Consumer struct {
 	batch    BatchHandler
 	stats    stats
 	stopping <-chan struct{} // Run's ctx.Done, for retry waits
+	active   atomic.Bool     // a Run of this value holds the pin and receives
 }
+
+// Active reports whether a Run of this Consumer currently holds the pin of
+// the consumer's group, so that this process is the one receiving and
+// handling the events (the others stand by). It turns true when the first
+// delivery reaches this process after it took the consumer over, and false
+// when it loses the pin or Run returns: an idle consumer that has received
+// nothing since it was taken over reports false.
+func (c *Consumer) Active() bool { return c.active.Load() }
 
 type stats struct {
 	handled, parked atomic.Uint64
@@ -418,6 +427,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		}
 	}
 	defer leave()
+	defer c.active.Store(false)
 	for {
 		batch = batch[:0]
 		select {
@@ -430,6 +440,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 				c.cfg.Logger.Info("esnats: consumer lost its pin", "consumer", c.cfg.Name)
 			}
 			active = false
+			c.active.Store(false)
 			continue
 		case err := <-sub.gone:
 			released = true // nothing to give back: the consumer is gone
@@ -457,6 +468,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			}
 			sub = next
 			active = true
+			c.active.Store(true)
 			nextDSeq = 1 // a reset numbers deliveries from 1 again
 			continue
 		}
@@ -845,6 +857,7 @@ type Status struct {
 	Rate       float64       // events handled per second, over the last ~10s
 	LastError  string        // the last handler error seen by this process
 	Pinned     bool          // whether some client holds the pin of the consumer's group
+	Active     bool          // whether this process holds it (see Consumer.Active)
 	LastActive time.Time     // when the server last delivered to this consumer
 	AckWait    time.Duration // the consumer's ack wait
 }
@@ -853,15 +866,13 @@ type Status struct {
 // process's counters. Errors: the consumer does not exist yet (Run creates
 // it), or the server's.
 func (c *Consumer) Status(ctx context.Context) (Status, error) {
-	cons, err := c.js.Consumer(ctx, c.store.Name(), c.cfg.Name)
+	cons, err := c.js.Consumer(ctx, c.store.Name(), c.cfg.Name) // one consumer info request
 	if err != nil {
 		return Status{}, fmt.Errorf("consumers: status of %q: %w", c.cfg.Name, err)
 	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		return Status{}, fmt.Errorf("consumers: status of %q: %w", c.cfg.Name, err)
-	}
+	info := cons.CachedInfo()
 	st := Status{
+		Active:    c.active.Load(),
 		Name:      c.cfg.Name,
 		Position:  info.AckFloor.Stream,
 		Delivered: info.Delivered.Stream,

@@ -338,6 +338,7 @@ func TestConsumerFailover(t *testing.T) {
 	e.appendItems(t, 20)
 	type worker struct {
 		rec  *recorder
+		c    *consumers.Consumer
 		nc   *nats.Conn
 		done chan error
 		stop context.CancelFunc
@@ -348,7 +349,7 @@ func TestConsumerFailover(t *testing.T) {
 		require.NoError(t, err)
 		c, err := consumers.New(js, st, consumers.Config{Name: "single", PinnedTTL: 2 * time.Second, AckWait: 3 * time.Second})
 		require.NoError(t, err)
-		w := &worker{rec: newRecorder(), nc: nc}
+		w := &worker{rec: newRecorder(), c: c, nc: nc}
 		require.NoError(t, consumers.On(c, func(_ context.Context, ev *stream.Event, _ ItemAdded) error {
 			w.rec.add(ev.Sequence)
 			time.Sleep(time.Millisecond)
@@ -366,6 +367,12 @@ func TestConsumerFailover(t *testing.T) {
 	require.Eventually(t, func() bool { return a.rec.count() == 40 }, 10*time.Second, 10*time.Millisecond, "a %d b %d", a.rec.count(), b.rec.count())
 	time.Sleep(300 * time.Millisecond)
 	assert.Zero(t, b.rec.count(), "the standby gets nothing while the active worker runs")
+	assert.True(t, a.c.Active(), "the worker receiving the events is the active one")
+	assert.False(t, b.c.Active(), "the standby is not")
+	st, err := b.c.Status(context.Background())
+	require.NoError(t, err)
+	assert.True(t, st.Pinned)
+	assert.False(t, st.Active)
 
 	// The active worker dies in the middle of a stream of events.
 	e.appendItems(t, 200)
@@ -385,8 +392,10 @@ func TestConsumerFailover(t *testing.T) {
 		}
 		return len(total) == 240
 	}, 15*time.Second, 10*time.Millisecond, "every event handled by one of them")
+	assert.True(t, b.c.Active(), "the standby took over")
 	b.stop()
 	require.NoError(t, <-b.done)
+	assert.False(t, b.c.Active(), "a stopped run holds nothing")
 	a.stop()
 	<-a.done
 	// The standby took over at the acknowledgement floor: in stream order,

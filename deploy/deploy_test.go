@@ -284,14 +284,6 @@ func TestClusterFromConfigs(t *testing.T) {
 	require.NoError(t, json.Unmarshal(msg.Data, &st))
 	assert.Equal(t, app.CartState{Cart: "alice", Version: 1, Items: map[string]int{"apple": 2}, Quantity: 2}, st)
 
-	// Everything esnats made is replicated on the three nodes.
-	_, js := embedded.MustJetStream(t, c)
-	for _, name := range []string{"shop", "KV_shop_snapshots", "KV_shop_cart_views"} {
-		s, err := js.Stream(t.Context(), name)
-		require.NoError(t, err, name)
-		assert.Equal(t, 3, s.CachedInfo().Config.Replicas, "%s is R3", name)
-	}
-
 	// The worker's read model follows.
 	var sum app.Summary
 	deadline := time.Now().Add(15 * time.Second)
@@ -305,4 +297,13 @@ func TestClusterFromConfigs(t *testing.T) {
 		}
 	}
 	assert.Equal(t, map[string]int{"apple": 2}, sum.Items)
+
+	// Everything esnats made is replicated on the three nodes (checked
+	// after the worker answered: it creates the read model's bucket).
+	_, js := embedded.MustJetStream(t, c)
+	for _, name := range []string{"shop", "KV_shop_snapshots", "KV_shop_cart_views"} {
+		s, err := js.Stream(t.Context(), name)
+		require.NoError(t, err, name)
+		assert.Equal(t, 3, s.CachedInfo().Config.Replicas, "%s is R3", name)
+	}
 }

@@ -91,9 +91,9 @@ type ProjectionStatus struct {
 	Running bool `json:"running"`
 	// Active: this process holds the pin of the projection's consumer
 	// group, so it is the one receiving and applying the events; the
-	// other running processes are standbys. A process learns its pin when
-	// events reach it, so an idle projection may show no active process
-	// (Pinned false) until events come.
+	// other running processes are standbys (consumers.Consumer.Active).
+	// A process becomes active when events reach it after a take-over, so
+	// an idle projection may show no active process until events come.
 	Active bool `json:"active"`
 	// Pinned: some process holds the pin (false: none receives events now,
 	// for instance because none has arrived since the last take-over).
@@ -243,6 +243,11 @@ func (r *Runner) Serve(ctx context.Context, nc *nats.Conn, opts ...ServeOption) 
 		r.log.Info("esnats: projection control service stopped", "store", store, "instance", c.id)
 		close(c.done)
 	}()
+	// The subscriptions reach the server before Serve returns, so that a
+	// client on another connection finds the service at once.
+	if err := nc.FlushTimeout(5 * time.Second); err != nil {
+		r.log.Warn("esnats: flushing the projection control service's subscriptions", "store", store, "error", err)
+	}
 	return c, nil
 }
 
@@ -354,19 +359,14 @@ func (r *Runner) projectionStatus(ctx context.Context, name string, supervised b
 	consuming := rp.cancel != nil
 	ps.Resetting = rp.held != nil
 	rp.mu.Unlock()
-	if st, err := r.StatusOf(ctx, name); err != nil {
+	st, cs, err := r.statusOf(ctx, name)
+	if err != nil {
 		ps.Error = err.Error()
-	} else {
-		ps.Status = st
+		return ps
 	}
-	if pin, err := r.pinOf(ctx, rp); err == nil && pin != "" {
-		ps.Pinned = true
-		if mine := rp.pin.Load(); mine != nil && *mine == pin {
-			ps.Active = supervised && consuming
-		} else {
-			rp.pinAt.Store(0) // learn the pin again with the next batch
-		}
-	}
+	ps.Status = st
+	ps.Pinned = cs.Pinned
+	ps.Active = supervised && consuming && cs.Active
 	return ps
 }
 
@@ -432,6 +432,7 @@ func (c *ControlService) rebuild(name string, fresh func(context.Context) (ReadM
 				mu.Lock()
 				p := last
 				mu.Unlock()
+				p.Done = false // only the final message says done
 				publish(rebuildUpdate{Progress: p, Instance: c.id})
 			}
 		}

@@ -349,10 +349,14 @@ func (c *ControlClient) Rebuild(ctx context.Context, name string, progress func(
 		m, err := sub.NextMsgWithContext(wctx)
 		cancel()
 		if err != nil {
-			if ctx.Err() != nil {
+			switch {
+			case ctx.Err() != nil:
 				return fmt.Errorf("projections: rebuild %q on worker %s: stopped waiting (the rebuild goes on): %w", name, target.Instance, ctx.Err())
+			case errors.Is(err, context.DeadlineExceeded):
+				return fmt.Errorf("%w: rebuild %q on worker %s: no progress for %s (the worker may have stopped)", ErrNoWorker, name, target.Instance, c.idle)
+			default: // the connection, not the worker
+				return fmt.Errorf("projections: rebuild %q on worker %s: waiting for progress (the rebuild goes on): %w", name, target.Instance, err)
 			}
-			return fmt.Errorf("%w: rebuild %q on worker %s: no progress for %s (the worker may have stopped)", ErrNoWorker, name, target.Instance, c.idle)
 		}
 		var u rebuildUpdate
 		if err := json.Unmarshal(m.Data, &u); err != nil {

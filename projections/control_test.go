@@ -116,7 +116,15 @@ func TestControlStatusOfTwoWorkers(t *testing.T) {
 				active++
 			}
 		}
-		return len(sts) == 2 && active == 1
+		if len(sts) != 2 || active != 1 {
+			return false
+		}
+		for _, st := range sts { // the acknowledgements reached the server too
+			if p, ok := st.Projection("per-sku"); !ok || p.Position < 200 {
+				return false
+			}
+		}
+		return true
 	})
 	ids := map[string]bool{w1.svc.ID(): true, w2.svc.ID(): true}
 	for _, st := range sts {

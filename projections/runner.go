@@ -76,13 +76,6 @@ type running struct {
 	runDone    chan struct{}      // closed when that Run has returned
 	held       chan struct{}      // non-nil: supervise must not start the consumer until it is closed (see hold)
 	rebuilding atomic.Bool
-
-	// The pin this process holds on the consumer's priority group, as far
-	// as it knows: learnt from the server while it receives the events
-	// (see notePin), for the control plane's active/standby report.
-	pin      atomic.Pointer[string]
-	pinAt    atomic.Int64 // unix nanoseconds when pin was learnt; 0: learn again
-	learning atomic.Bool
 }
 
 // NewRunner returns a runner for projections of store. logger may be nil.
@@ -166,7 +159,6 @@ func (rp *running) consumer() *consumers.Consumer {
 // skips what the model already holds (exactly-once).
 func (r *Runner) batchHandler(rp *running) consumers.BatchHandler {
 	return func(ctx context.Context, evs []*stream.Event) error {
-		r.notePin(rp) // only the active process gets deliveries
 		if rp.cp {
 			floor := rp.skip.Load()
 			i := 0
@@ -417,13 +409,19 @@ func (r *Runner) Status(ctx context.Context) ([]Status, error) {
 // the projection's consumer does not exist yet (no Run created it), the
 // server's or the model's.
 func (r *Runner) StatusOf(ctx context.Context, name string) (Status, error) {
+	st, _, err := r.statusOf(ctx, name)
+	return st, err
+}
+
+// statusOf is StatusOf with the consumer's own status (pin, activity).
+func (r *Runner) statusOf(ctx context.Context, name string) (Status, consumers.Status, error) {
 	rp, err := r.get(name)
 	if err != nil {
-		return Status{}, err
+		return Status{}, consumers.Status{}, err
 	}
 	cs, err := rp.consumer().Status(ctx)
 	if err != nil {
-		return Status{}, err
+		return Status{}, cs, err
 	}
 	st := Status{Name: name, Position: cs.Position, Lag: cs.Lag, Rate: cs.Rate, Parked: cs.Parked, LastError: cs.LastError, Mode: "ack-floor"}
 	if rp.cp {
@@ -433,11 +431,11 @@ func (r *Runner) StatusOf(ctx context.Context, name string) (Status, error) {
 		st.Mode = "exactly-once"
 		cp, err := rp.p.Model.(Checkpointed).Checkpoint(ctx)
 		if err != nil {
-			return Status{}, err
+			return Status{}, cs, err
 		}
 		st.Position = max(st.Position, cp)
 	}
-	return st, nil
+	return st, cs, nil
 }
 
 func (r *Runner) get(name string) (*running, error) {
@@ -502,49 +500,6 @@ func (r *Runner) hold(ctx context.Context, name string) (release func(), err err
 		}
 	}
 	return release, nil
-}
-
-// pinRecheck is how often a process that receives a projection's events
-// asks the server again which pin it holds.
-const pinRecheck = 5 * time.Second
-
-// notePin learns, in the background, the pin of rp's consumer group: called
-// when a batch arrives, that is while this process holds the pin (the server
-// delivers to the pinned client only). At most once per pinRecheck, or
-// again as soon as a status saw another pin (pinAt reset to 0).
-func (r *Runner) notePin(rp *running) {
-	now := time.Now().UnixNano()
-	if now-rp.pinAt.Load() < int64(pinRecheck) || !rp.learning.CompareAndSwap(false, true) {
-		return
-	}
-	go func() {
-		defer rp.learning.Store(false)
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if pin, err := r.pinOf(ctx, rp); err == nil && pin != "" {
-			rp.pin.Store(&pin)
-			rp.pinAt.Store(now)
-		}
-	}()
-}
-
-// pinOf returns the id of the client the server has pinned in rp's
-// consumer group, "" if none.
-func (r *Runner) pinOf(ctx context.Context, rp *running) (string, error) {
-	cons, err := r.js.Consumer(ctx, r.store.Name(), rp.consumer().Name())
-	if err != nil {
-		return "", err
-	}
-	group := rp.p.Consumer.Group
-	if group == "" {
-		group = consumers.DefaultGroup
-	}
-	for _, g := range cons.CachedInfo().PriorityGroups {
-		if g.Group == group {
-			return g.PinnedClientID, nil
-		}
-	}
-	return "", nil
 }
 
 // Progress reports a rebuild's advance, for a progress bar. The JSON names
@@ -649,8 +604,8 @@ func (r *Runner) Rebuild(ctx context.Context, name string, fresh ReadModel, prog
 			pos = max(pos, rp.skip.Load())
 		}
 		progress(Progress{Name: name, Position: min(pos, target), Target: target, Applied: st.Handled})
-		if st.Lag == 0 {
-			break // caught up with everything that matches
+		if st.Lag == 0 || pos >= target {
+			break // caught up with what was stored when the rebuild started
 		}
 	}
 	// Switch over: the rebuilt consumer replaces the old one.

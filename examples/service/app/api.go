@@ -133,6 +133,9 @@ func Serve(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		return err
 	})
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while waiting for the server
+		}
 		return err
 	}
 	defer repo.Flush()

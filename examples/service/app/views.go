@@ -206,6 +206,9 @@ func RunWorker(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 		return nil
 	})
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while waiting for the server
+		}
 		return err
 	}
 
