@@ -29,5 +29,19 @@
 // (SnapshotSchema) is ignored and replaced. A snapshot is a cache: losing it
 // loses nothing.
 //
+// # Observability
+//
+// Commands, loads and saves are traced with OpenTelemetry (spans
+// esnats.aggregate.update, .create, .delete, .load, .save) and measured
+// (command duration by outcome, conflicts, retries, load duration and events
+// read, snapshot writes and snapshots ignored), on Config.TracerProvider and
+// Config.MeterProvider or, by default, the global providers: no-ops until the
+// application sets them, and then free of allocations. A command's span is
+// stored in the traceparent header of its events, so that consumers and
+// projections elsewhere link to it. Config.Logger gets ignored snapshots,
+// failed snapshot writes, commands that still conflict after MaxAttempts
+// and appends of unknown outcome, with the aggregate's subject and position.
+// docs/observability.md lists the spans, metrics and log records.
+//
 // Package aggregatetest tests aggregates without any server.
 package aggregate

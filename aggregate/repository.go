@@ -9,6 +9,10 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/esnats/esnats/internal/telemetry"
 	"github.com/esnats/esnats/kv"
 	"github.com/esnats/esnats/stream"
 )
@@ -82,9 +86,23 @@ type Config[A Aggregate] struct {
 	// MaxAttempts bounds how often Update runs a command that hits a
 	// concurrency conflict. Default 10.
 	MaxAttempts int
-	// Logger receives what an operator needs (snapshots ignored or failed).
-	// Default: discard.
+	// Logger receives what an operator needs: snapshots ignored (corrupt,
+	// another schema) or not written, commands that still conflict after
+	// MaxAttempts, appends whose outcome is unknown; each with the
+	// aggregate, its subject and position. Default: discard.
 	Logger *slog.Logger
+	// TracerProvider traces commands (esnats.aggregate.update, .create,
+	// .delete), loads and saves; a command's span is the parent recorded in
+	// its events' traceparent headers (docs/observability.md). Default: the
+	// global provider (otel.GetTracerProvider), a no-op until the
+	// application sets one.
+	TracerProvider trace.TracerProvider
+	// MeterProvider receives the repository's metrics: command duration,
+	// conflicts and retries, load duration and events read, snapshot writes
+	// and snapshots ignored (docs/observability.md). Default: the global
+	// provider (otel.GetMeterProvider), a no-op until the application sets
+	// one.
+	MeterProvider metric.MeterProvider
 }
 
 // Repository loads and saves aggregates of one type. It is safe for
@@ -97,7 +115,15 @@ type Repository[A Aggregate] struct {
 	log    *slog.Logger
 	snapWG sync.WaitGroup
 	snapMu sync.Mutex
-	snapIn map[string]*kv.Snapshot // aggregates with a snapshot write in flight -> the next one to write, if any
+	snapIn map[string]*pendingSnapshot // aggregates with a snapshot write in flight -> the next one to write, if any
+	tel    *repoTelemetry
+}
+
+// pendingSnapshot is a snapshot to write in the background, with the span
+// context of the command that took it (the parent of the write's span).
+type pendingSnapshot struct {
+	snap kv.Snapshot
+	sc   trace.SpanContext
 }
 
 // NewRepository validates cfg and returns a repository.
@@ -123,7 +149,12 @@ func NewRepository[A Aggregate](cfg Config[A]) (*Repository[A], error) {
 	if cfg.MaxAttempts <= 0 {
 		cfg.MaxAttempts = DefaultMaxAttempts
 	}
-	r := &Repository[A]{cfg: cfg, store: cfg.Store, log: cfg.Logger, snapIn: map[string]*kv.Snapshot{}}
+	var storeName string
+	if n, ok := cfg.Store.(interface{ Name() string }); ok {
+		storeName = n.Name()
+	}
+	r := &Repository[A]{cfg: cfg, store: cfg.Store, log: cfg.Logger, snapIn: map[string]*pendingSnapshot{},
+		tel: newRepoTelemetry(cfg.TracerProvider, cfg.MeterProvider, storeName, cfg.Type)}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
@@ -153,27 +184,35 @@ func (r *Repository[A]) ref(id string) stream.Aggregate {
 // events that cannot be decoded, naming subject and sequence).
 func (r *Repository[A]) Load(ctx context.Context, id string) (A, error) {
 	if a, ok := r.cache.take(id); ok {
-		if err := r.catchUp(ctx, a); err != nil {
+		start := time.Now()
+		ctx, span := r.tel.start(ctx, telemetry.SpanLoad, id)
+		n, err := r.catchUp(ctx, a)
+		if err != nil {
+			r.tel.endLoad(ctx, span, fromCache, start, n, nil, err)
 			var zero A
 			return zero, err
 		}
+		r.tel.endLoad(ctx, span, fromCache, start, n, a, nil)
 		return a, nil
 	}
 	return r.load(ctx, id)
 }
 
-// catchUp applies the events stored after a's revision.
-func (r *Repository[A]) catchUp(ctx context.Context, a A) error {
+// catchUp applies the events stored after a's revision, and returns how
+// many there were.
+func (r *Repository[A]) catchUp(ctx context.Context, a A) (int, error) {
 	root := a.root()
+	n := 0
 	for ev, err := range r.store.Load(ctx, r.ref(root.id), stream.FromSequence(root.sequence+1)) {
 		if err != nil {
-			return err
+			return n, err
 		}
 		if err := applyStored(a, ev); err != nil {
-			return err
+			return n, err
 		}
+		n++
 	}
-	return nil
+	return n, nil
 }
 
 // load reads the aggregate from the snapshot store and the event store.
@@ -183,27 +222,37 @@ func (r *Repository[A]) load(ctx context.Context, id string) (A, error) {
 		var zero A
 		return zero, err
 	}
+	start := time.Now()
+	ctx, span := r.tel.start(ctx, telemetry.SpanLoad, id)
 	a, fromSnap := r.fromSnapshot(ctx, ref)
+	src := fromEvents
 	var opts []stream.ReadOption
 	if fromSnap {
+		src = fromSnapshot
 		opts = append(opts, stream.FromSequence(a.root().sequence+1))
 	}
 	replayed := 0
-	for ev, err := range r.store.Load(ctx, ref, opts...) {
-		if err != nil {
-			var zero A
-			return zero, err
+	var err error
+	for ev, rerr := range r.store.Load(ctx, ref, opts...) {
+		if rerr == nil {
+			rerr = applyStored(a, ev)
 		}
-		if err := applyStored(a, ev); err != nil {
-			var zero A
-			return zero, err
+		if rerr != nil {
+			err = rerr
+			break
 		}
 		replayed++
 	}
+	if err != nil {
+		r.tel.endLoad(ctx, span, src, start, replayed, nil, err)
+		var zero A
+		return zero, err
+	}
+	r.tel.endLoad(ctx, span, src, start, replayed, a, nil)
 	if r.cfg.Snapshots != nil && !fromSnap && replayed > 0 && r.cfg.SnapshotEvery > 0 && replayed >= r.cfg.SnapshotEvery {
 		// No usable snapshot (none, ignored, or corrupt) and a long history:
 		// take one now so the next load is short.
-		r.snapshot(a)
+		r.snapshot(ctx, a)
 	}
 	return a, nil
 }
@@ -217,29 +266,68 @@ func (r *Repository[A]) fromSnapshot(ctx context.Context, ref stream.Aggregate) 
 	}
 	snap, ok, err := r.cfg.Snapshots.Get(ctx, ref)
 	if err != nil {
-		r.log.Warn("esnats: ignoring snapshot", "aggregate", ref.String(), "error", err)
+		reason := ignoredUnreadable
+		if errors.Is(err, kv.ErrCorruptSnapshot) {
+			reason = ignoredCorrupt
+		}
+		r.ignoreSnapshot(ctx, reason, slog.LevelWarn, "esnats: ignoring snapshot", ref, 0, 0, "error", err)
 		return a, false
 	}
 	if !ok {
 		return a, false
 	}
 	if snap.StateType != r.cfg.Type || snap.SchemaVersion != r.cfg.SnapshotSchema || snap.Version == 0 {
-		r.log.Info("esnats: ignoring snapshot of another state schema", "aggregate", ref.String(),
+		r.ignoreSnapshot(ctx, ignoredSchema, slog.LevelInfo, "esnats: ignoring snapshot of another state schema", ref, snap.Version, snap.Sequence,
 			"state_type", snap.StateType, "schema", snap.SchemaVersion, "want_schema", r.cfg.SnapshotSchema)
 		return a, false
 	}
 	codec, ok := r.codecFor(snap.ContentType)
 	if !ok {
-		r.log.Warn("esnats: ignoring snapshot with unknown content type", "aggregate", ref.String(), "content_type", snap.ContentType)
+		r.ignoreSnapshot(ctx, ignoredContentType, slog.LevelWarn, "esnats: ignoring snapshot with unknown content type", ref, snap.Version, snap.Sequence,
+			"content_type", snap.ContentType)
 		return a, false
 	}
 	if err := codec.Unmarshal(snap.State, a); err != nil {
-		r.log.Warn("esnats: ignoring undecodable snapshot", "aggregate", ref.String(), "version", snap.Version, "error", err)
+		r.ignoreSnapshot(ctx, ignoredCorrupt, slog.LevelWarn, "esnats: ignoring undecodable snapshot", ref, snap.Version, snap.Sequence, "error", err)
 		return New(r.cfg.New(ref.ID), ref.ID), false
 	}
 	root := a.root()
 	root.version, root.sequence = snap.Version, snap.Sequence
 	return a, true
+}
+
+// ignoreSnapshot counts and logs a snapshot the load does not use; version
+// and sequence are the snapshot's position (0 when unknown).
+func (r *Repository[A]) ignoreSnapshot(ctx context.Context, reason ignoreReason, level slog.Level, msg string, ref stream.Aggregate, version, sequence uint64, args ...any) {
+	r.tel.snapIgnored.Add(ctx, 1, r.tel.ignored[reason].AddOpts...)
+	if span := trace.SpanFromContext(ctx); span.IsRecording() {
+		span.AddEvent(telemetry.EventSnapshotIgnored, trace.WithAttributes(telemetry.KeyReason.String(reasonNames[reason])))
+	}
+	if !r.log.Enabled(ctx, level) {
+		return
+	}
+	attrs := append(r.logAttrs(ref), "reason", reasonNames[reason])
+	if version > 0 {
+		attrs = append(attrs, "version", version, "sequence", sequence)
+	}
+	r.log.Log(ctx, level, msg, append(attrs, args...)...)
+}
+
+// logAttrs names an aggregate in logs: type/id, its subject, and the
+// snapshot bucket when there is one.
+func (r *Repository[A]) logAttrs(ref stream.Aggregate) []any {
+	attrs := []any{"aggregate", ref.String()}
+	if s, ok := r.store.(interface {
+		AggregateSubject(stream.Aggregate) (string, error)
+	}); ok {
+		if subj, err := s.AggregateSubject(ref); err == nil {
+			attrs = append(attrs, "subject", subj)
+		}
+	}
+	if b, ok := r.cfg.Snapshots.(interface{ Bucket() string }); ok {
+		attrs = append(attrs, "bucket", b.Bucket())
+	}
+	return attrs
 }
 
 func (r *Repository[A]) codecFor(ct string) (stream.Codec, bool) {
@@ -264,16 +352,43 @@ func (r *Repository[A]) codecFor(ct string) (stream.Codec, bool) {
 // does nothing. The instance stays the caller's (it is not cached; Update
 // caches the instances it saves).
 func (r *Repository[A]) Save(ctx context.Context, a A, opts ...stream.AppendOption) error {
-	return r.save(ctx, a, false, opts)
+	return r.save(ctx, a, false, true, opts)
 }
 
-func (r *Repository[A]) save(ctx context.Context, a A, cache bool, opts []stream.AppendOption) error {
+// save appends a's recorded events. cache puts a in the cache after a
+// successful save; carry records the save span as the events' trace
+// context (a command has put its own span there already).
+func (r *Repository[A]) save(ctx context.Context, a A, cache, carry bool, opts []stream.AppendOption) (err error) {
 	root := a.root()
 	if root.deletedAt != 0 && root.deletedAt < root.version {
 		return fmt.Errorf("%w: %s: events recorded after its terminal event (version %d)", ErrDeleted, r.ref(root.id), root.deletedAt)
 	}
 	if len(root.pending) == 0 {
 		return nil
+	}
+	ctx, span := r.tel.start(ctx, telemetry.SpanSave, root.id)
+	if span.IsRecording() {
+		r.saveAttrs(span, root)
+	}
+	defer func() {
+		switch {
+		case !span.IsRecording():
+			span.End()
+		case err == nil:
+			span.SetAttributes(telemetry.KeyVersion.Int64(int64(root.version)), telemetry.KeySequence.Int64(int64(root.sequence)))
+			span.End()
+		case errors.Is(err, stream.ErrConflict):
+			// Another writer got in first: the command decides (it
+			// retries), so not a span error.
+			span.SetAttributes(telemetry.KeyOutcome.String(telemetry.OutcomeConflict))
+			span.RecordError(err)
+			span.End()
+		default:
+			telemetry.End(span, err)
+		}
+	}()
+	if carry {
+		ctx = carryTrace(ctx)
 	}
 	events := make([]stream.EventData, len(root.pending))
 	for i, e := range root.pending {
@@ -282,18 +397,43 @@ func (r *Repository[A]) save(ctx context.Context, a A, cache bool, opts []stream
 	res, err := r.store.Append(ctx, r.ref(root.id), stream.ExpectRevision(root.Revision()), events, opts...)
 	if err != nil {
 		r.cache.drop(root.id)
+		if errors.Is(err, stream.ErrIndeterminate) {
+			r.log.Warn("esnats: append outcome unknown", append(r.logAttrs(r.ref(root.id)),
+				"version", root.Revision().Version, "sequence", root.Revision().Sequence, "events", len(events), "error", err)...)
+		}
 		return err
 	}
 	n := len(root.pending)
 	before := root.version - uint64(n)
 	root.committed(res.Last.Sequence)
 	if r.wantSnapshot(a, before, n) {
-		r.snapshot(a)
+		r.snapshot(ctx, a)
 	}
 	if cache {
 		r.cache.put(root.id, a)
 	}
 	return nil
+}
+
+// saveAttrs describes a save on its span: the events, the expected
+// revision, the subject.
+func (r *Repository[A]) saveAttrs(span trace.Span, root *Root) {
+	rev := root.Revision()
+	span.SetAttributes(telemetry.KeyEvents.Int(len(root.pending)),
+		telemetry.KeyExpectedVersion.Int64(int64(rev.Version)),
+		telemetry.KeyExpectedSequence.Int64(int64(rev.Sequence)))
+	if len(root.pending) == 1 {
+		if name, err := r.store.Registry().NameOf(root.pending[0]); err == nil {
+			span.SetAttributes(telemetry.KeyEventType.String(name))
+		}
+	}
+	if s, ok := r.store.(interface {
+		AggregateSubject(stream.Aggregate) (string, error)
+	}); ok {
+		if subj, err := s.AggregateSubject(r.ref(root.id)); err == nil {
+			span.SetAttributes(telemetry.KeyMessagingDestination.String(subj))
+		}
+	}
 }
 
 func (r *Repository[A]) wantSnapshot(a A, before uint64, saved int) bool {
@@ -314,17 +454,19 @@ func (r *Repository[A]) wantSnapshot(a A, before uint64, saved int) bool {
 // writes it in the background. At most one write per aggregate is in
 // flight; a newer snapshot taken meanwhile is written after it (only the
 // newest waits). A snapshot that cannot be taken is logged and skipped.
-func (r *Repository[A]) snapshot(a A) {
+// The write's span (kv) is a child of ctx's span.
+func (r *Repository[A]) snapshot(ctx context.Context, a A) {
 	root := a.root()
 	if root.deletedAt != 0 {
 		return // the Terminal event must be replayed to be seen
 	}
 	state, err := r.cfg.SnapshotCodec.Marshal(a)
 	if err != nil {
-		r.log.Warn("esnats: cannot encode snapshot", "aggregate", r.ref(root.id).String(), "error", err)
+		r.tel.snapWrites.Add(ctx, 1, r.tel.snapErr.AddOpts...)
+		r.log.Warn("esnats: cannot encode snapshot", append(r.logAttrs(r.ref(root.id)), "version", root.version, "sequence", root.sequence, "error", err)...)
 		return
 	}
-	snap := kv.Snapshot{
+	p := &pendingSnapshot{snap: kv.Snapshot{
 		Aggregate:     r.ref(root.id),
 		Version:       root.version,
 		Sequence:      root.sequence,
@@ -333,34 +475,48 @@ func (r *Repository[A]) snapshot(a A) {
 		ContentType:   r.cfg.SnapshotCodec.ContentType(),
 		State:         state,
 		Time:          time.Now().UTC(),
-	}
+	}, sc: trace.SpanContextFromContext(ctx)}
+	id := root.id
 	r.snapMu.Lock()
-	if _, busy := r.snapIn[root.id]; busy {
-		r.snapIn[root.id] = &snap // written when the one in flight is done
+	if _, busy := r.snapIn[id]; busy {
+		r.snapIn[id] = p // written when the one in flight is done
 		r.snapMu.Unlock()
 		return
 	}
-	r.snapIn[root.id] = nil
+	r.snapIn[id] = nil
 	r.snapMu.Unlock()
 	r.snapWG.Add(1)
 	go func() {
 		defer r.snapWG.Done()
-		for next := &snap; next != nil; {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			if err := r.cfg.Snapshots.Put(ctx, *next); err != nil {
-				r.log.Warn("esnats: snapshot not written", "aggregate", next.Aggregate.String(), "version", next.Version, "error", err)
-			}
-			cancel()
+		for next := p; next != nil; {
+			r.writeSnapshot(next)
 			r.snapMu.Lock()
-			next = r.snapIn[snap.Aggregate.ID]
+			next = r.snapIn[id]
 			if next == nil {
-				delete(r.snapIn, snap.Aggregate.ID)
+				delete(r.snapIn, id)
 			} else {
-				r.snapIn[snap.Aggregate.ID] = nil
+				r.snapIn[id] = nil
 			}
 			r.snapMu.Unlock()
 		}
 	}()
+}
+
+// writeSnapshot writes one snapshot, off the command's path: a failure is
+// counted and logged, never returned.
+func (r *Repository[A]) writeSnapshot(p *pendingSnapshot) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if p.sc.IsValid() {
+		ctx = trace.ContextWithSpanContext(ctx, p.sc)
+	}
+	if err := r.cfg.Snapshots.Put(ctx, p.snap); err != nil {
+		r.tel.snapWrites.Add(ctx, 1, r.tel.snapErr.AddOpts...)
+		r.log.Warn("esnats: snapshot not written", append(r.logAttrs(p.snap.Aggregate),
+			"version", p.snap.Version, "sequence", p.snap.Sequence, "error", err)...)
+		return
+	}
+	r.tel.snapWrites.Add(ctx, 1, r.tel.snapOK.AddOpts...)
 }
 
 // Flush waits for background snapshot writes to finish.
@@ -380,13 +536,13 @@ func (r *Repository[A]) Flush() { r.snapWG.Wait() }
 // fn must not keep a after it returns: the saved instance is cached for the
 // next command on the same aggregate.
 func (r *Repository[A]) Update(ctx context.Context, id string, fn func(A) error, opts ...stream.AppendOption) error {
-	return r.run(ctx, id, fn, false, opts)
+	return r.run(ctx, cmdUpdate, id, fn, opts)
 }
 
 // Create is Update for an aggregate that must be new: it fails with
 // ErrExists when the aggregate already has events.
 func (r *Repository[A]) Create(ctx context.Context, id string, fn func(A) error, opts ...stream.AppendOption) error {
-	return r.run(ctx, id, fn, true, opts)
+	return r.run(ctx, cmdCreate, id, fn, opts)
 }
 
 // Delete records the Terminal event ev and saves it: later commands fail
@@ -397,7 +553,7 @@ func (r *Repository[A]) Delete(ctx context.Context, id string, ev any, opts ...s
 	if _, ok := deref(ev).(Terminal); !ok {
 		return fmt.Errorf("%w: %T", ErrNotTerminal, ev)
 	}
-	return r.Update(ctx, id, func(a A) error { a.root().Record(ev); return nil }, opts...)
+	return r.run(ctx, cmdDelete, id, func(a A) error { a.root().Record(ev); return nil }, opts)
 }
 
 // Purge deletes a deleted aggregate's history and snapshot once its
@@ -443,10 +599,31 @@ func (r *Repository[A]) Purge(ctx context.Context, id string, retention time.Dur
 	return p.Purge(ctx, ref)
 }
 
-func (r *Repository[A]) run(ctx context.Context, id string, fn func(A) error, mustBeNew bool, opts []stream.AppendOption) error {
+// run runs the command fn on the aggregate id: load, fn, save, and on a
+// conflict again, up to MaxAttempts times. A Create (c) requires an
+// aggregate with no events.
+func (r *Repository[A]) run(ctx context.Context, c command, id string, fn func(A) error, opts []stream.AppendOption) (err error) {
+	start := time.Now()
+	ctx, span := r.tel.start(ctx, commandSpans[c], id)
+	var (
+		a        A
+		attempts int
+		out      = outError
+	)
+	defer func() {
+		if out != outRejected {
+			out = outcomeOf(err)
+		}
+		var at Aggregate
+		if attempts > 0 && err == nil {
+			at = a
+		}
+		r.tel.endCommand(ctx, span, c, start, attempts, at, out, err)
+	}()
+	// The events' traceparent: this command's span.
+	ctx = carryTrace(ctx)
 	for attempt := 1; ; attempt++ {
-		var a A
-		var err error
+		attempts = attempt
 		if cached, ok := r.cache.take(id); ok && attempt == 1 {
 			// No catch-up read: if another writer moved the aggregate,
 			// the save's concurrency check says so and we reload.
@@ -458,7 +635,7 @@ func (r *Repository[A]) run(ctx context.Context, id string, fn func(A) error, mu
 			return err
 		}
 		root := a.root()
-		if mustBeNew && root.version > 0 {
+		if c == cmdCreate && root.version > 0 {
 			r.cache.put(id, a)
 			return fmt.Errorf("%w: %s at %s", ErrExists, r.ref(id), root.Revision())
 		}
@@ -470,16 +647,21 @@ func (r *Repository[A]) run(ctx context.Context, id string, fn func(A) error, mu
 			if len(root.pending) == 0 {
 				r.cache.put(id, a)
 			} // else: events were applied; the instance is spoilt
+			out = outRejected
 			return err
 		}
-		err = r.save(ctx, a, true, opts)
+		err = r.save(ctx, a, true, false, opts)
 		if err == nil {
 			return nil
 		}
 		if !errors.Is(err, stream.ErrConflict) {
 			return err
 		}
-		if attempt >= r.cfg.MaxAttempts {
+		retry := attempt < r.cfg.MaxAttempts
+		r.tel.conflict(ctx, span, c, attempt, err, retry)
+		if !retry {
+			r.log.Warn("esnats: command still conflicting", append(r.logAttrs(r.ref(id)),
+				"command", commandNames[c], "attempts", attempt, "error", err)...)
 			return fmt.Errorf("aggregate %s: command still conflicting after %d attempts: %w", r.ref(id), attempt, err)
 		}
 		if err := sleepJitter(ctx, attempt); err != nil {

@@ -47,6 +47,7 @@ func parseSync(s string) (embedded.SyncPolicy, error) {
 func (a *app) devCmd() *cobra.Command {
 	var (
 		dir, host, syncFlag, name string
+		metricsAddr               string
 		port, monitor             int
 		reset, verbose            bool
 	)
@@ -56,9 +57,16 @@ func (a *app) devCmd() *cobra.Command {
 		Long: `Run an embedded NATS server with JetStream in this process until interrupted:
 the zero-install server for development. Its data directory survives restarts
 (--reset empties it first). Writes are fsynced before they are acknowledged
-(--sync always), as an event store wants. It prints the URL to use as NATS_URL.`,
+(--sync always), as an event store wants. It prints the URL to use as NATS_URL.
+
+--metrics-addr serves the server's figures in the Prometheus format at
+/metrics: connections and traffic, and JetStream's streams, messages, bytes and
+consumers, per stream and per consumer (pending, acknowledgement floor),
+read in process at each scrape (docs/observability.md). --monitor serves the
+NATS server's own monitoring endpoints (/varz, /jsz, ...) as JSON.`,
 		Example: `  esnats dev
   esnats dev --port -1 --dir ./data      # a random port, data in ./data
+  esnats dev --metrics-addr 127.0.0.1:9464  # Prometheus metrics at http://127.0.0.1:9464/metrics
   NATS_URL=nats://127.0.0.1:4222 go run ./examples/shoppingcart`,
 		Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -89,11 +97,24 @@ the zero-install server for development. Its data directory survives restarts
 				return err
 			}
 			defer s.Shutdown()
+			var metrics *metricsEndpoint
+			if metricsAddr != "" {
+				if metrics, err = startMetrics(metricsAddr, a.opts.Name+"-dev"); err != nil {
+					return err
+				}
+				defer metrics.close()
+				if err := serverMetrics(metrics.mp, s.NATS()); err != nil {
+					return fmt.Errorf("--metrics-addr: %w", err)
+				}
+			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "NATS server %q with JetStream listening on %s\n", s.Name(), s.ClientURL())
 			fmt.Fprintf(w, "  data:  %s (fsync %s)\n", dir, policy)
 			if monitor != 0 {
 				fmt.Fprintf(w, "  monitoring: http://%s\n", net.JoinHostPort(host, strconv.Itoa(s.NATS().MonitorAddr().Port)))
+			}
+			if metrics != nil {
+				fmt.Fprintf(w, "  metrics: %s\n", metrics.URL())
 			}
 			fmt.Fprintf(w, "  use it: export NATS_URL=%s\n", s.ClientURL())
 			fmt.Fprintln(w, "stop with Ctrl-C")
@@ -107,6 +128,7 @@ the zero-install server for development. Its data directory survives restarts
 	f.StringVar(&host, "host", embedded.DefaultHost, "listen address")
 	f.IntVarP(&port, "port", "p", 4222, "client port (-1: a random free port)")
 	f.IntVar(&monitor, "monitor", 0, "HTTP monitoring port (0: off, -1: random)")
+	f.StringVar(&metricsAddr, "metrics-addr", "", metricsFlagUsage)
 	f.StringVar(&syncFlag, "sync", "always", "fsync policy: always, default (the server's 2m) or an interval such as 1s")
 	f.StringVar(&name, "name", "esnats-dev", "server name")
 	f.BoolVar(&reset, "reset", false, "delete the data directory's contents first")

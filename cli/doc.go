@@ -21,6 +21,10 @@
 // people, --json for scripts. Exit codes are ExitOK, ExitError, ExitUsage,
 // ExitConnect and ExitNotFound. docs/cli.md is the manual.
 //
+// "projections run" and "dev" serve Prometheus metrics with --metrics-addr
+// (off by default): the worker's projection and consumer metrics, or the
+// embedded server's JetStream figures (docs/observability.md).
+//
 // Run executes one command line and returns its exit code, for tests and
 // for programs that embed the tool; it stops long-running commands when its
 // context ends.

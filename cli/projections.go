@@ -305,6 +305,7 @@ func projError(store, name string, err error) error {
 }
 
 func (a *app) projRunCmd() *cobra.Command {
+	var metricsAddr string
 	cmd := &cobra.Command{
 		Use:   "run STORE",
 		Short: "Run the projections of a store as a worker (in binaries built with your projections)",
@@ -313,28 +314,47 @@ control plane that "projections status|rebuild|reset" talk to. Run as many
 worker processes as you like: for each projection one is active, the others
 stand by and take over when it stops.
 
+--metrics-addr serves the worker's metrics in the Prometheus format at
+/metrics: each projection's lag, position and events applied, its consumer's
+events processed and parked, retries, batch durations, whether this process is
+the active one, a rebuild's progress, and the Go runtime's and process's own
+(docs/observability.md). Traces go to the global OpenTelemetry tracer provider,
+if the worker's main sets one.
+
 The stock esnats binary has no projections compiled in: build your worker's own
 command with the cli package (cli.Main(cli.Options{Projections: ...}), see
 docs/cli.md).`,
+		Example: `  shop-worker projections run shop
+  shop-worker projections run shop --metrics-addr 127.0.0.1:9464   # scrape http://127.0.0.1:9464/metrics`,
 		Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if a.opts.Projections == nil {
 				return withCode(ExitUsage, fmt.Errorf("%s has no projections compiled in: build your worker's command with the esnats cli package and Options.Projections (see docs/cli.md), or call projections.Runner from your own main", a.opts.Name))
 			}
 			ctx := cmd.Context()
+			var metrics *metricsEndpoint
+			if metricsAddr != "" {
+				var err error
+				if metrics, err = startMetrics(metricsAddr, a.opts.Name); err != nil {
+					return err
+				}
+				defer metrics.close()
+			}
 			c, err := a.conn.connect(ctx, a.opts.Name+" projections run", true)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			return a.runWorker(ctx, cmd.ErrOrStderr(), c, args[0])
+			return a.runWorker(ctx, cmd.ErrOrStderr(), c, args[0], metrics)
 		},
 	}
+	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", metricsFlagUsage)
 	return cmd
 }
 
 // runWorker runs the application's projections of store until ctx ends.
-func (a *app) runWorker(ctx context.Context, logw io.Writer, c *connection, storeName string) error {
+// With metrics, the runner's (and its consumers') metrics go to it.
+func (a *app) runWorker(ctx context.Context, logw io.Writer, c *connection, storeName string, metrics *metricsEndpoint) error {
 	reg := a.opts.Registry
 	if reg == nil {
 		return withCode(ExitUsage, errors.New("Options.Registry is required to run projections (events are decoded with it)"))
@@ -351,7 +371,11 @@ func (a *app) runWorker(ctx context.Context, logw io.Writer, c *connection, stor
 	if len(projs) == 0 {
 		return fmt.Errorf("no projections of store %s to run", storeName)
 	}
-	runner := projections.NewRunner(c.js, store, log)
+	var opts []projections.RunnerOption
+	if metrics != nil {
+		opts = append(opts, projections.WithMeterProvider(metrics.mp))
+	}
+	runner := projections.NewRunner(c.js, store, log, opts...)
 	names := make([]string, 0, len(projs))
 	for _, p := range projs {
 		if err := runner.Add(p); err != nil {
@@ -365,7 +389,11 @@ func (a *app) runWorker(ctx context.Context, logw io.Writer, c *connection, stor
 	if err != nil {
 		return fmt.Errorf("serving the control plane: %w", err)
 	}
-	log.Info("worker started", "projections", strings.Join(names, ","), "instance", svc.ID(), "server", c.url)
+	started := []any{"projections", strings.Join(names, ","), "instance", svc.ID(), "server", c.url}
+	if metrics != nil {
+		started = append(started, "metrics", metrics.URL())
+	}
+	log.Info("worker started", started...)
 	err = runner.Run(ctx)
 	stop()
 	<-svc.Done()

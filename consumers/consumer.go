@@ -14,7 +14,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/esnats/esnats/internal/telemetry"
 	"github.com/esnats/esnats/stream"
 )
 
@@ -107,8 +111,29 @@ type Config struct {
 	// PinnedTTL is how long the server keeps a silent client pinned.
 	// Default 5s, at least 2s; it bounds the fail-over time.
 	PinnedTTL time.Duration
-	// Logger gets parked events, fail-overs and errors. Default: discard.
+	// Logger gets what an operator needs: parked events (subject,
+	// sequence, reason), fail-overs (this process took the consumer over,
+	// resuming at a sequence; lost its pin), resets and errors. Default:
+	// discard.
 	Logger *slog.Logger
+	// TracerProvider traces the delivery: one span per batch
+	// (esnats.consumer.process), linked to the spans of the commands that
+	// wrote its events, and one per event handled by a per-type handler
+	// (esnats.consumer.handle), a child of the span that wrote the event
+	// (its traceparent header); see docs/observability.md. Default: the
+	// global provider (otel.GetTracerProvider), a no-op until the
+	// application sets one.
+	TracerProvider trace.TracerProvider
+	// MeterProvider receives the consumer's metrics: events processed and
+	// parked, retries, take-overs, batch duration, and the lag and active
+	// gauges while Run runs (docs/observability.md). Default: the global
+	// provider (otel.GetMeterProvider), a no-op until the application sets
+	// one.
+	MeterProvider metric.MeterProvider
+	// TelemetryAttributes are added to the consumer's spans and metrics,
+	// beside esnats.store and esnats.consumer (the projections runner adds
+	// esnats.projection). Keep them few and of bounded cardinality.
+	TelemetryAttributes []attribute.KeyValue
 	// ResumeAt, if set, tells where a process that takes the consumer over
 	// must resume: the stream sequence of the first event it still needs
 	// (for a read model that keeps its own checkpoint: checkpoint + 1).
@@ -211,6 +236,8 @@ type Consumer struct {
 	stats    stats
 	stopping <-chan struct{} // Run's ctx.Done, for retry waits
 	active   atomic.Bool     // a Run of this value holds the pin and receives
+	tel      *consumerTelemetry
+	lag      lagState
 }
 
 // Active reports whether a Run of this Consumer currently holds the pin of
@@ -233,7 +260,8 @@ func New(js jetstream.JetStream, store *stream.Store, cfg Config) (*Consumer, er
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Consumer{js: js, store: store, cfg: cfg.withDefaults(store), handlers: map[string]Handler{}}, nil
+	cfg = cfg.withDefaults(store)
+	return &Consumer{js: js, store: store, cfg: cfg, handlers: map[string]Handler{}, tel: newConsumerTelemetry(cfg, store.Name())}, nil
 }
 
 // Handle sets the handler of one event type. Events of types with no
@@ -331,6 +359,7 @@ func (c *Consumer) ensure(ctx context.Context) (jetstream.Consumer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("consumers: creating consumer %q on stream %q: %w", c.cfg.Name, c.store.Name(), err)
 	}
+	c.lag.fromInfo(cons.CachedInfo())
 	if c.cfg.OnFailure == Park {
 		if err := c.ensureDeadLetter(ctx); err != nil {
 			return nil, err
@@ -405,6 +434,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if sub, err = c.pull(cons); err != nil {
 		return err
 	}
+	defer c.observe()()
 	// leave gives the consumer back: stop pulling, forget what was
 	// received and not finished, reset to the acknowledgement floor so the
 	// next process gets those events in order, and unpin.
@@ -420,7 +450,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if _, err := c.js.ResetConsumer(uctx, c.store.Name(), c.cfg.Name); err != nil {
-			c.cfg.Logger.Warn("esnats: consumer reset on stop failed; unacknowledged events come back after AckWait", "consumer", c.cfg.Name, "error", err)
+			c.cfg.Logger.Warn("esnats: consumer reset on stop failed; unacknowledged events come back after AckWait", "consumer", c.cfg.Name, "stream", c.store.Name(), "position", lastSeq, "error", err)
+		} else {
+			c.cfg.Logger.Debug("esnats: consumer reset and unpinned on stop", "consumer", c.cfg.Name, "stream", c.store.Name(), "position", lastSeq)
 		}
 		if st, err := c.js.Stream(uctx, c.store.Name()); err == nil {
 			_ = st.UnpinConsumer(uctx, c.cfg.Name, c.cfg.Group)
@@ -437,7 +469,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			// Another process holds the pin now: what we hold is stale.
 			// Take over again (with a reset) if the pin comes back.
 			if active {
-				c.cfg.Logger.Info("esnats: consumer lost its pin", "consumer", c.cfg.Name)
+				c.cfg.Logger.Info("esnats: consumer lost its pin", "consumer", c.cfg.Name, "stream", c.store.Name(), "position", lastSeq)
 			}
 			active = false
 			c.active.Store(false)
@@ -454,13 +486,15 @@ func (c *Consumer) Run(ctx context.Context) error {
 			// that stopped or died, or to us) goes back to the ack
 			// floor, and a fresh subscription receives from there.
 			sub.stop()
-			if err := c.resume(ctx); err != nil {
+			at, err := c.resume(ctx)
+			if err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
 				return err
 			}
-			c.cfg.Logger.Info("esnats: consumer active", "consumer", c.cfg.Name)
+			c.tel.takeovers.Add(ctx, 1, c.tel.attrs.AddOpts...)
+			c.cfg.Logger.Info("esnats: consumer active", "consumer", c.cfg.Name, "stream", c.store.Name(), "resume_at", at, "lag", c.lag.lag.Load())
 			next, err := c.pull(cons)
 			if err != nil {
 				released = true // the old subscription is stopped; nothing to reset
@@ -494,6 +528,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		fresh := batch[:0]
 		seqs = seqs[:0]
 		seen := lastSeq
+		var pending uint64 // the server's count of messages after the last one
 		for _, m := range batch {
 			md, err := m.Metadata()
 			if err != nil || md.Sequence.Consumer != nextDSeq {
@@ -501,6 +536,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 				break
 			}
 			nextDSeq++
+			pending = md.NumPending
 			if md.Sequence.Stream <= seen {
 				continue // also a second copy within this batch
 			}
@@ -509,7 +545,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			seqs = append(seqs, seen)
 		}
 		if gap {
-			c.cfg.Logger.Info("esnats: consumer deliveries out of sequence; resynchronising", "consumer", c.cfg.Name)
+			c.cfg.Logger.Info("esnats: consumer deliveries out of sequence; resynchronising", "consumer", c.cfg.Name, "stream", c.store.Name(), "position", lastSeq)
 			active = false
 			continue
 		}
@@ -520,14 +556,17 @@ func (c *Consumer) Run(ctx context.Context) error {
 			if err := ackUpTo(context.WithoutCancel(ctx), batch[len(batch)-1]); err != nil {
 				c.setErr(err)
 			}
+			c.lag.set(pending, lastSeq)
 			continue
 		}
+		c.lag.set(pending+uint64(len(fresh)), lastSeq)
 		// The batch in hand is finished even if ctx ends meanwhile, but
 		// retry waits end with ctx (see retry).
 		c.stopping = ctx.Done()
 		done, err := c.process(context.WithoutCancel(ctx), fresh, seqs)
 		if done >= 0 {
 			lastSeq = seqs[done]
+			c.lag.set(pending+uint64(len(fresh)-1-done), lastSeq)
 		}
 		if errors.Is(err, errStopping) {
 			return nil // the rest is delivered again after the reset in leave
@@ -546,28 +585,32 @@ func (c *Consumer) Run(ctx context.Context) error {
 var errStopping = errors.New("consumers: stopping during retries")
 
 // resume resets the consumer on take-over: to ResumeAt's sequence if set,
-// else to the acknowledgement floor.
-func (c *Consumer) resume(ctx context.Context) error {
+// else to the acknowledgement floor. It returns the stream sequence the
+// consumer resumes at.
+func (c *Consumer) resume(ctx context.Context) (uint64, error) {
 	if c.cfg.ResumeAt != nil {
 		seq, err := c.cfg.ResumeAt(ctx)
 		if err != nil {
-			return fmt.Errorf("consumers: %q: where to resume: %w", c.cfg.Name, err)
+			return 0, fmt.Errorf("consumers: %q: where to resume: %w", c.cfg.Name, err)
 		}
-		_, err = c.js.ResetConsumerToSequence(ctx, c.store.Name(), c.cfg.Name, max(seq, 1))
+		res, err := c.js.ResetConsumerToSequence(ctx, c.store.Name(), c.cfg.Name, max(seq, 1))
 		if err == nil {
-			return nil
+			c.lag.fromInfo(res.ConsumerInfo)
+			return res.ResetSeq, nil
 		}
 		var apiErr *jetstream.APIError
 		if !errors.Is(err, jetstream.ErrConsumerInvalidReset) && !(errors.As(err, &apiErr) && apiErr.Code == 400) {
-			return fmt.Errorf("consumers: %q: resetting to sequence %d on take-over: %w", c.cfg.Name, seq, err)
+			return 0, fmt.Errorf("consumers: %q: resetting to sequence %d on take-over: %w", c.cfg.Name, seq, err)
 		}
 		// Refused (below the consumer's start): the floor it is.
-		c.cfg.Logger.Warn("esnats: consumer cannot resume where asked; resuming at its acknowledgement floor", "consumer", c.cfg.Name, "sequence", seq, "error", err)
+		c.cfg.Logger.Warn("esnats: consumer cannot resume where asked; resuming at its acknowledgement floor", "consumer", c.cfg.Name, "stream", c.store.Name(), "sequence", seq, "error", err)
 	}
-	if _, err := c.js.ResetConsumer(ctx, c.store.Name(), c.cfg.Name); err != nil {
-		return fmt.Errorf("consumers: resetting %q to its acknowledgement floor on take-over: %w", c.cfg.Name, err)
+	res, err := c.js.ResetConsumer(ctx, c.store.Name(), c.cfg.Name)
+	if err != nil {
+		return 0, fmt.Errorf("consumers: resetting %q to its acknowledgement floor on take-over: %w", c.cfg.Name, err)
 	}
-	return nil
+	c.lag.fromInfo(res.ConsumerInfo)
+	return res.ResetSeq, nil
 }
 
 // pull is one subscription of a consumer's messages.
@@ -635,7 +678,16 @@ func (p *pull) stop() {
 // process handles a batch and acknowledges what was handled (or parked). It
 // returns the index of the last message finished. seqs[i] is msgs[i]'s
 // stream sequence.
-func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg, seqs []uint64) (int, error) {
+func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg, seqs []uint64) (done int, err error) {
+	start := time.Now()
+	ctx, span := c.tel.startBatch(ctx, msgs)
+	defer func() {
+		c.tel.batchDur.Record(ctx, time.Since(start).Seconds(), c.tel.attrs.RecordOpts...)
+		if span.IsRecording() && done >= 0 {
+			span.SetAttributes(telemetry.KeySequence.Int64(int64(seqs[done])))
+		}
+		telemetry.End(span, err)
+	}()
 	events := make([]*stream.Event, 0, len(msgs))
 	index := make([]int, 0, len(msgs)) // events[i] came from msgs[index[i]]
 	c.mu.Lock()
@@ -684,7 +736,8 @@ func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg, seqs []uin
 		// batch's acknowledgement covers it, or that it is delivered again
 		// and skipped. Not a reason to stop.
 		c.setErr(err)
-		c.cfg.Logger.Warn("esnats: acknowledgement failed; the next one covers it", "consumer", c.cfg.Name, "error", err)
+		c.cfg.Logger.Warn("esnats: acknowledgement failed; the next one covers it", "consumer", c.cfg.Name, "stream", c.store.Name(),
+			"subject", msgs[lastDone].Subject(), "sequence", seqs[lastDone], "error", err)
 	}
 	return lastDone, nil
 }
@@ -730,7 +783,10 @@ func (c *Consumer) deliver(ctx context.Context, batchH BatchHandler, handlers ma
 	}
 	for i, ev := range events {
 		h := handlers[ev.Type]
-		if err := c.retry(ctx, msgs, func() error { return h(ctx, ev) }); err != nil {
+		ectx, span := c.tel.startEvent(ctx, ev)
+		err := c.retry(ectx, msgs, func() error { return h(ectx, ev) })
+		telemetry.End(span, err)
+		if err != nil {
 			if errors.Is(err, errStopping) {
 				return err
 			}
@@ -748,6 +804,7 @@ func (c *Consumer) deliver(ctx context.Context, batchH BatchHandler, handlers ma
 func (c *Consumer) done(n int) {
 	c.stats.handled.Add(uint64(n))
 	c.stats.rate.add(n)
+	c.tel.processed.Add(context.Background(), int64(n), c.tel.attrs.AddOpts...)
 }
 
 // retry calls fn up to Retries times with doubling backoff, telling the
@@ -763,6 +820,10 @@ func (c *Consumer) retry(ctx context.Context, msgs []jetstream.Msg, fn func() er
 		c.setErr(err)
 		if attempt >= c.cfg.Retries {
 			return err
+		}
+		c.tel.retries.Add(ctx, 1, c.tel.attrs.AddOpts...)
+		if span := trace.SpanFromContext(ctx); span.IsRecording() {
+			span.AddEvent(telemetry.EventRetry, trace.WithAttributes(telemetry.KeyAttempts.Int(attempt), attribute.String("error", err.Error())))
 		}
 		for _, m := range msgs {
 			_ = m.InProgress()
@@ -801,6 +862,8 @@ const (
 func (c *Consumer) fail(ctx context.Context, m jetstream.Msg, seq uint64, attempts int, cause error) error {
 	c.setErr(cause)
 	if c.cfg.OnFailure == Stop {
+		c.cfg.Logger.Error("esnats: consumer stopped on an event it cannot handle", "consumer", c.cfg.Name, "stream", c.store.Name(),
+			"subject", m.Subject(), "sequence", seq, "event_type", m.Headers().Get(stream.HeaderEventType), "attempts", attempts, "reason", cause.Error())
 		return &stream.Error{Op: "consume " + c.cfg.Name, Subject: m.Subject(), Sequence: seq,
 			Err: fmt.Errorf("handler failed %d times, stopping: %w", attempts, cause)}
 	}
@@ -829,7 +892,14 @@ func (c *Consumer) fail(ctx context.Context, m jetstream.Msg, seq uint64, attemp
 			Err: fmt.Errorf("could not park the event in %q after %v: %w", c.cfg.DeadLetter, cause, err)}
 	}
 	c.stats.parked.Add(1)
-	c.cfg.Logger.Warn("esnats: parked event", "consumer", c.cfg.Name, "subject", m.Subject(), "sequence", seq, "dead_letter", c.cfg.DeadLetter, "reason", cause.Error())
+	c.tel.parked.Add(ctx, 1, c.tel.attrs.AddOpts...)
+	if span := trace.SpanFromContext(ctx); span.IsRecording() {
+		span.AddEvent(telemetry.EventParked, trace.WithAttributes(telemetry.KeyMessagingDestination.String(m.Subject()),
+			telemetry.KeySequence.Int64(int64(seq)), telemetry.KeyAttempts.Int(attempts)))
+	}
+	c.cfg.Logger.Warn("esnats: parked event", "consumer", c.cfg.Name, "stream", c.store.Name(), "subject", m.Subject(), "sequence", seq,
+		"event_type", m.Headers().Get(stream.HeaderEventType), "event_id", m.Headers().Get(jetstream.MsgIDHeader),
+		"attempts", attempts, "dead_letter", c.cfg.DeadLetter, "reason", cause.Error())
 	return nil
 }
 
@@ -871,6 +941,7 @@ func (c *Consumer) Status(ctx context.Context) (Status, error) {
 		return Status{}, fmt.Errorf("consumers: status of %q: %w", c.cfg.Name, err)
 	}
 	info := cons.CachedInfo()
+	c.lag.fromInfo(info)
 	st := Status{
 		Active:    c.active.Load(),
 		Name:      c.cfg.Name,

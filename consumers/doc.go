@@ -121,6 +121,19 @@
 // the cross-account case; docs/projections.md is the guide to consumers and
 // projections.
 //
+// # Observability
+//
+// A consumer traces each batch (span esnats.consumer.process, linked to the
+// spans of the commands that wrote its events, from their traceparent
+// headers) and each event given to a per-type handler (esnats.consumer.handle,
+// a child of the span that wrote it), and measures events processed and
+// parked, retries, take-overs, batch durations, its lag and whether this
+// process is the active one (Config.TracerProvider, Config.MeterProvider;
+// default: the global providers, no-ops until set). The lag is known from
+// each delivery's metadata, without a request to the server (Consumer.Lag).
+// Config.Logger gets parked events with their subject and sequence,
+// fail-overs and resets. See docs/observability.md.
+//
 // # Concurrency
 //
 // Set the handlers before Run. A Consumer runs one Run at a time (run more

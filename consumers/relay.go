@@ -29,7 +29,9 @@ type RelayConfig struct {
 	// integration messages (subject, data, headers). It must be
 	// deterministic: after a crash the same event is transformed again and
 	// must give the same messages. Returning an error applies the failure
-	// policy (retry, then park or stop).
+	// policy (retry, then park or stop). A message without a traceparent
+	// header gets the event's (its W3C trace context), so that traces go on
+	// on the receiving side.
 	Transform func(ev *stream.Event) ([]*nats.Msg, error)
 }
 
@@ -88,6 +90,14 @@ func (r *Relay) relay(ctx context.Context, evs []*stream.Event) error {
 			}
 			m.Header.Set(jetstream.MsgIDHeader, r.cons.Name()+":"+src+":"+strconv.Itoa(i))
 			m.Header.Set(HeaderRelaySource, src)
+			if ev.TraceParent != "" && m.Header.Get(stream.HeaderTraceParent) == "" {
+				// The trace goes on across the relay: the receiving side's
+				// spans link to the command that wrote the event.
+				m.Header.Set(stream.HeaderTraceParent, ev.TraceParent)
+				if ev.TraceState != "" {
+					m.Header.Set(stream.HeaderTraceState, ev.TraceState)
+				}
+			}
 			f, err := r.cfg.Target.PublishMsgAsync(m)
 			if err != nil {
 				return &stream.Error{Op: "relay publish", Subject: ev.Subject, Sequence: ev.Sequence, Err: err}

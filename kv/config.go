@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/esnats/esnats/stream"
 )
@@ -74,6 +75,14 @@ type Config struct {
 	// Description is the bucket's description, shown by the nats CLI.
 	// Optional.
 	Description string
+
+	// TracerProvider traces the snapshot reads and writes of a Store
+	// (spans esnats.snapshot.get and esnats.snapshot.put, children of the
+	// caller's span: a load, or the command that took the snapshot; see
+	// docs/observability.md). It is not part of the bucket's configuration.
+	// Default: the global provider (otel.GetTracerProvider), a no-op until
+	// the application sets one.
+	TracerProvider trace.TracerProvider
 }
 
 // Validate reports whether c describes a bucket that can be created. The

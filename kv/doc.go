@@ -70,6 +70,14 @@
 // ASCII values, with compare-and-set writes: Set with a stale revision fails
 // with an error matching stream.ErrConflict.
 //
+// # Tracing
+//
+// A Store traces its reads and writes of snapshots (spans esnats.snapshot.get
+// and esnats.snapshot.put, children of the caller's span) on
+// Config.TracerProvider, by default the global OpenTelemetry provider (a
+// no-op until set). kv logs nothing: its errors name the bucket and key, and
+// the repository logs and counts what it ignores (docs/observability.md).
+//
 // # Errors
 //
 // Errors match sentinels with errors.Is: ErrCorruptSnapshot,

@@ -8,7 +8,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/esnats/esnats/internal/telemetry"
 	"github.com/esnats/esnats/stream"
 )
 
@@ -53,6 +55,7 @@ type Store struct {
 	kv       jetstream.KeyValue
 	bucket   string
 	maxValue int // largest envelope Put sends
+	tracer   *telemetry.Tracer
 }
 
 // NewStore creates the snapshot bucket described by cfg, or updates an
@@ -91,7 +94,7 @@ func newStore(ctx context.Context, js jetstream.JetStream, cfg Config, create bo
 	if err != nil {
 		return nil, err
 	}
-	return &Store{kv: kv, bucket: cfg.Bucket, maxValue: maxValue}, nil
+	return &Store{kv: kv, bucket: cfg.Bucket, maxValue: maxValue, tracer: telemetry.NewTracer(cfg.TracerProvider)}, nil
 }
 
 // Bucket returns the name of the store's KV bucket.
@@ -106,13 +109,32 @@ func (s *Store) Bucket() string { return s.bucket }
 // revision; callers log it and load from the events. An invalid agg gives an
 // error matching stream.ErrInvalidName or stream.ErrInvalidID before any
 // I/O. Any other error is the server's or the connection's, in an *Error.
-func (s *Store) Get(ctx context.Context, agg stream.Aggregate) (Snapshot, bool, error) {
+func (s *Store) Get(ctx context.Context, agg stream.Aggregate) (snap Snapshot, ok bool, err error) {
 	key, err := Key(agg)
 	if err != nil {
 		return Snapshot{}, false, err
 	}
-	snap, _, ok, err := s.get(ctx, agg, key)
+	ctx, span := s.startSpan(ctx, telemetry.SpanSnapshotGet, agg, key)
+	snap, rev, ok, err := s.get(ctx, agg, key)
+	if span.IsRecording() {
+		span.SetAttributes(telemetry.KeyFound.Bool(ok), telemetry.KeyKVRevision.Int64(int64(rev)))
+		if ok {
+			span.SetAttributes(telemetry.KeyVersion.Int64(int64(snap.Version)), telemetry.KeySequence.Int64(int64(snap.Sequence)))
+		}
+	}
+	telemetry.End(span, err)
 	return snap, ok, err
+}
+
+// startSpan starts a span of the snapshot store (kind client) about agg's
+// key. With tracing off it costs nothing.
+func (s *Store) startSpan(ctx context.Context, name string, agg stream.Aggregate, key string) (context.Context, trace.Span) {
+	ctx, span := s.tracer.Start(ctx, name, trace.SpanKindClient)
+	if span.IsRecording() {
+		span.SetAttributes(telemetry.SystemNATS, telemetry.KeyBucket.String(s.bucket), telemetry.KeyKVKey.String(key),
+			telemetry.KeyAggregateType.String(agg.Type), telemetry.KeyAggregateID.String(agg.ID))
+	}
+	return ctx, span
 }
 
 // get reads and decodes the snapshot under key; rev is the entry's revision
@@ -149,11 +171,23 @@ func (s *Store) get(ctx context.Context, agg stream.Aggregate, key string) (snap
 // refuses); the compare-and-set lost 16 times in a row (stream.ErrConflict,
 // after I/O). Other errors come from the server or the connection. All but
 // the validation errors are an *Error naming the bucket and key.
-func (s *Store) Put(ctx context.Context, snap Snapshot) error {
+func (s *Store) Put(ctx context.Context, snap Snapshot) (err error) {
 	key, err := validateSnapshot(&snap)
 	if err != nil {
 		return err
 	}
+	ctx, span := s.startSpan(ctx, telemetry.SpanSnapshotPut, snap.Aggregate, key)
+	attempts, outcome := 0, telemetry.OutcomeOK
+	defer func() {
+		if span.IsRecording() {
+			if err != nil {
+				outcome = telemetry.OutcomeError
+			}
+			span.SetAttributes(telemetry.KeyVersion.Int64(int64(snap.Version)), telemetry.KeySequence.Int64(int64(snap.Sequence)),
+				telemetry.KeyAttempts.Int(attempts), telemetry.KeyOutcome.String(outcome))
+		}
+		telemetry.End(span, err)
+	}()
 	value, err := encodeSnapshot(&snap)
 	if err != nil {
 		return &Error{Op: "put snapshot", Bucket: s.bucket, Key: key, Err: fmt.Errorf("%w: encoding the envelope: %w", ErrInvalidSnapshot, err)}
@@ -162,6 +196,7 @@ func (s *Store) Put(ctx context.Context, snap Snapshot) error {
 		return &Error{Op: "put snapshot", Bucket: s.bucket, Key: key, Err: tooLarge(len(value), s.maxValue)}
 	}
 	for attempt := range putAttempts {
+		attempts = attempt + 1
 		if attempt > 0 {
 			if err := backoff(ctx, attempt); err != nil {
 				return &Error{Op: "put snapshot", Bucket: s.bucket, Key: key, Err: err}
@@ -179,6 +214,7 @@ func (s *Store) Put(ctx context.Context, snap Snapshot) error {
 			return err
 		}
 		if ok && cur.Version >= snap.Version {
+			outcome = telemetry.OutcomeSkipped
 			return nil // the stored one is not older
 		}
 		if rev == 0 {

@@ -461,7 +461,7 @@ func (c *ControlService) rebuild(name string, fresh func(context.Context) (ReadM
 		final.Error, final.Code = err.Error(), errorCode(err)
 		c.r.log.Warn("esnats: remote rebuild failed", "projection", name, "instance", c.id, "error", err)
 	} else {
-		c.r.log.Info("esnats: remote rebuild switched over", "projection", name, "instance", c.id, "position", final.Position)
+		c.r.log.Debug("esnats: remote rebuild switched over", "projection", name, "instance", c.id, "position", final.Position)
 	}
 	publish(final)
 	_ = c.nc.FlushTimeout(time.Second)
@@ -484,6 +484,7 @@ func (c *ControlService) handleReset(req micro.Request) {
 		return
 	}
 	defer c.end(body.Name)
+	c.r.log.Info("esnats: remote reset requested", "projection", body.Name, "instance", c.id, "sequence", max(body.Seq, 1))
 	ctx, cancel := context.WithTimeout(c.ctx, time.Minute)
 	defer cancel()
 	err := func() error {
@@ -501,7 +502,7 @@ func (c *ControlService) handleReset(req micro.Request) {
 		c.fail(req, errorCode(err), err.Error())
 		return
 	}
-	c.r.log.Info("esnats: remote reset", "projection", body.Name, "instance", c.id, "sequence", max(body.Seq, 1))
+	c.r.log.Debug("esnats: remote reset done", "projection", body.Name, "instance", c.id, "sequence", max(body.Seq, 1))
 	if err := req.RespondJSON(controlReply{Instance: c.id, Name: body.Name, Seq: max(body.Seq, 1)}); err != nil {
 		c.r.log.Debug("esnats: control reset reply failed", "error", err)
 	}

@@ -107,6 +107,17 @@
 // continue it; a Memory model is the process's own, and a standby's is
 // empty or behind when it takes over.
 //
+// # Observability
+//
+// WithTracerProvider and WithMeterProvider (default: the global OpenTelemetry
+// providers, no-ops until set) give each projection a span per batch applied
+// (esnats.projection.apply, linked to the commands that wrote the events), a
+// span per rebuild, and the metrics esnats.projection.lag, .position,
+// .events.applied, .events.skipped and .rebuild.progress; the projections'
+// consumers add theirs, labelled with esnats.projection. The runner's logger
+// gets rebuilds (start, switch-over, failure), resets and its consumers'
+// parked events and fail-overs. See docs/observability.md.
+//
 // docs/projections.md is the guide: when to use which mode, the failure
 // policy and the dead-letter stream, fail-over, rebuilds and status, and
 // the control plane's subjects and payloads ("Controlling workers from

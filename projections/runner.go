@@ -5,14 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/esnats/esnats/consumers"
+	"github.com/esnats/esnats/internal/telemetry"
 	"github.com/esnats/esnats/stream"
 )
 
@@ -64,6 +68,10 @@ type Runner struct {
 	projs      map[string]*running
 	runs       int            // Run calls in progress
 	supervised map[string]int // projection -> Run calls running it
+
+	tp  trace.TracerProvider
+	mp  metric.MeterProvider
+	tel *runnerTelemetry
 }
 
 type running struct {
@@ -76,14 +84,25 @@ type running struct {
 	runDone    chan struct{}      // closed when that Run has returned
 	held       chan struct{}      // non-nil: supervise must not start the consumer until it is closed (see hold)
 	rebuilding atomic.Bool
+	tel        *projTelemetry
 }
 
-// NewRunner returns a runner for projections of store. logger may be nil.
-func NewRunner(js jetstream.JetStream, store *stream.Store, logger *slog.Logger) *Runner {
+// NewRunner returns a runner for projections of store. logger may be nil
+// (discard); it gets rebuilds, resets and, unless a projection's
+// consumers.Config has its own, the consumers' logs (parked events,
+// fail-overs). Options add tracing and metrics (WithTracerProvider,
+// WithMeterProvider); by default they go to the global OpenTelemetry
+// providers, no-ops until the application sets them.
+func NewRunner(js jetstream.JetStream, store *stream.Store, logger *slog.Logger, opts ...RunnerOption) *Runner {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Runner{js: js, store: store, log: logger, projs: map[string]*running{}, supervised: map[string]int{}}
+	r := &Runner{js: js, store: store, log: logger, projs: map[string]*running{}, supervised: map[string]int{}}
+	for _, o := range opts {
+		o(r)
+	}
+	r.tel = newRunnerTelemetry(r.tp, r.mp, store.Name())
+	return r
 }
 
 // Add registers a projection. Errors: an invalid name or configuration, a
@@ -110,6 +129,7 @@ func (r *Runner) Add(p Projection) error {
 func (r *Runner) prepare(p Projection, consumer string) (*running, error) {
 	rp := &running{p: p}
 	_, rp.cp = p.Model.(Checkpointed)
+	rp.tel = r.tel.forProjection(p.Name, rp.cp)
 	cons, err := r.newConsumer(rp, p, consumer)
 	if err != nil {
 		return nil, err
@@ -139,8 +159,15 @@ func (r *Runner) newConsumer(rp *running, p Projection, durable string) (*consum
 		}
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = r.log
+		cfg.Logger = r.log.With("projection", p.Name)
 	}
+	if cfg.TracerProvider == nil {
+		cfg.TracerProvider = r.tp
+	}
+	if cfg.MeterProvider == nil {
+		cfg.MeterProvider = r.mp
+	}
+	cfg.TelemetryAttributes = append(slices.Clip(cfg.TelemetryAttributes), telemetry.KeyProjection.String(p.Name))
 	cons, err := consumers.New(r.js, r.store, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("projections: %q: %w", p.Name, err)
@@ -158,18 +185,23 @@ func (rp *running) consumer() *consumers.Consumer {
 // batchHandler applies batches to rp's model; for a Checkpointed model it
 // skips what the model already holds (exactly-once).
 func (r *Runner) batchHandler(rp *running) consumers.BatchHandler {
-	return func(ctx context.Context, evs []*stream.Event) error {
+	return func(ctx context.Context, evs []*stream.Event) (err error) {
+		skipped := 0
 		if rp.cp {
 			floor := rp.skip.Load()
-			i := 0
-			for i < len(evs) && evs[i].Sequence <= floor {
-				i++
+			for skipped < len(evs) && evs[skipped].Sequence <= floor {
+				skipped++
 			}
-			evs = evs[i:]
+			evs = evs[skipped:]
+			if skipped > 0 {
+				r.tel.skipped.Add(ctx, int64(skipped), rp.tel.attrs.AddOpts...)
+			}
 			if len(evs) == 0 {
 				return nil
 			}
 		}
+		ctx, span := r.tel.startApply(ctx, rp.tel, evs, skipped)
+		defer func() { telemetry.End(span, err) }()
 		if err := rp.p.Model.Apply(ctx, evs); err != nil {
 			if rp.cp {
 				// The batch may have committed before the error: retry
@@ -183,6 +215,7 @@ func (r *Runner) batchHandler(rp *running) consumers.BatchHandler {
 		if rp.cp {
 			rp.skip.Store(evs[len(evs)-1].Sequence)
 		}
+		r.tel.applied.Add(ctx, int64(len(evs)), rp.tel.attrs.AddOpts...)
 		return nil
 	}
 }
@@ -273,6 +306,7 @@ func (r *Runner) Run(ctx context.Context) error {
 		}
 		r.mu.Unlock()
 	}()
+	defer r.observe()()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errs := make(chan error, len(names))
@@ -524,7 +558,7 @@ type Progress struct {
 // Errors: ErrUnknownProjection, ErrBusy (a rebuild or a reset of the
 // projection is in progress), a failure of the replay (the old projection
 // is untouched then), ctx ending before the rebuild caught up.
-func (r *Runner) Rebuild(ctx context.Context, name string, fresh ReadModel, progress func(Progress)) error {
+func (r *Runner) Rebuild(ctx context.Context, name string, fresh ReadModel, progress func(Progress)) (err error) {
 	old, err := r.get(name)
 	if err != nil {
 		return err
@@ -572,6 +606,25 @@ func (r *Runner) Rebuild(ctx context.Context, name string, fresh ReadModel, prog
 		return fmt.Errorf("projections: rebuild %q: %w", name, err)
 	}
 	target := si.State.LastSeq
+	ctx, span := r.tel.tracer.Start(ctx, telemetry.SpanRebuild, trace.SpanKindInternal)
+	if span.IsRecording() {
+		span.SetAttributes(rp.tel.spanAttrs...)
+		span.SetAttributes(telemetry.KeyConsumer.String(gen), telemetry.KeyTarget.Int64(int64(target)))
+	}
+	started := time.Now()
+	var applied uint64
+	defer func() {
+		if span.IsRecording() {
+			span.SetAttributes(telemetry.KeyEvents.Int64(int64(applied)))
+		}
+		telemetry.End(span, err)
+		if err != nil {
+			r.log.Warn("esnats: rebuild failed; the projection is untouched", "projection", name, "stream", r.store.Name(), "consumer", gen,
+				"target", target, "applied", applied, "error", err)
+		}
+	}()
+	defer r.observeRebuild(rp.tel)()
+	r.log.Info("esnats: rebuild started", "projection", name, "stream", r.store.Name(), "consumer", gen, "replacing", old.consumer().Name(), "target", target)
 	rctx, stop := context.WithCancel(ctx)
 	runErr := make(chan error, 1)
 	go func() { runErr <- rp.consumer().Run(rctx) }()
@@ -603,6 +656,10 @@ func (r *Runner) Rebuild(ctx context.Context, name string, fresh ReadModel, prog
 		if rp.cp {
 			pos = max(pos, rp.skip.Load())
 		}
+		applied = st.Handled
+		if target > 0 {
+			rp.tel.progress.Store(math.Float64bits(float64(min(pos, target)) / float64(target)))
+		}
 		progress(Progress{Name: name, Position: min(pos, target), Target: target, Applied: st.Handled})
 		if st.Lag == 0 || pos >= target {
 			break // caught up with what was stored when the rebuild started
@@ -633,6 +690,10 @@ func (r *Runner) Rebuild(ctx context.Context, name string, fresh ReadModel, prog
 		r.log.Warn("esnats: could not delete the replaced consumer", "projection", name, "consumer", old.consumer().Name(), "error", err)
 	}
 	st, _ := rp.consumer().Status(ctx)
+	applied = st.Handled
+	rp.tel.progress.Store(math.Float64bits(1))
+	r.log.Info("esnats: rebuild switched over", "projection", name, "stream", r.store.Name(), "consumer", gen, "replaced", old.consumer().Name(),
+		"position", target, "applied", st.Handled, "took", time.Since(started).Round(time.Millisecond))
 	progress(Progress{Name: name, Position: target, Target: target, Applied: st.Handled, Done: true})
 	return nil
 }
@@ -682,9 +743,12 @@ func (r *Runner) Reset(ctx context.Context, name string, seq uint64) error {
 	}
 	if _, err := r.js.ResetConsumerToSequence(ctx, r.store.Name(), durable, seq); err != nil {
 		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			r.log.Info("esnats: projection reset", "projection", name, "stream", r.store.Name(), "consumer", durable, "sequence", seq,
+				"model_emptied", rp.cp, "note", "no consumer yet: it starts at its configured start")
 			return nil // not created yet: it will start at its configured start
 		}
 		return fmt.Errorf("projections: %q: resetting consumer %q to sequence %d: %w", name, durable, seq, err)
 	}
+	r.log.Info("esnats: projection reset", "projection", name, "stream", r.store.Name(), "consumer", durable, "sequence", seq, "model_emptied", rp.cp)
 	return nil
 }
