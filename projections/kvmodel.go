@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/esnats/esnats/internal/jsapi"
+
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/esnats/esnats/kv"
@@ -199,12 +201,19 @@ func NewKV(ctx context.Context, js jetstream.JetStream, cfg KVConfig, apply func
 	if cfg.Memory {
 		storage = jetstream.MemoryStorage
 	}
-	bucket, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      cfg.Bucket,
-		Description: cfg.Description,
-		History:     uint8(max(cfg.History, 1)),
-		Storage:     storage,
-		Replicas:    max(cfg.Replicas, 1),
+	// Idempotent: an attempt whose reply was lost (a meta leader change,
+	// a cluster restarting) is retried instead of holding the caller until
+	// ctx ends.
+	var bucket jetstream.KeyValue
+	err := jsapi.Retry(ctx, js.Options().DefaultTimeout, func(ctx context.Context) (err error) {
+		bucket, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      cfg.Bucket,
+			Description: cfg.Description,
+			History:     uint8(max(cfg.History, 1)),
+			Storage:     storage,
+			Replicas:    max(cfg.Replicas, 1),
+		})
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("projections: create read model bucket %s: %w", cfg.Bucket, err)
