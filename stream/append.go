@@ -44,7 +44,15 @@ type prepared struct {
 // sequence check make sure they are stored at most once, and a write that
 // landed is reported as landed (Duplicate set when a resend found it
 // stored). When ctx ends with an append in flight, Append takes up to 5s
-// more to settle the outcome.
+// more to settle the outcome; an append still waiting to be sent returns
+// ctx's error at once.
+//
+// Group commit (Config.GroupCommit, on by default): appends that arrive
+// while another is in flight wait for it and then go out together in one
+// atomic batch, each with its own expectation and its events together; a
+// stale expectation fails only its own append (the others are sent again),
+// and two appends to one aggregate are never in one batch. An append that
+// arrives when nothing is in flight goes out at once. See docs/appends.md.
 func (s *Store) Append(ctx context.Context, agg Aggregate, expect Expectation, events []EventData, opts ...AppendOption) (AppendResult, error) {
 	res, err := s.AppendBatch(ctx, []AppendRequest{{Aggregate: agg, Expect: expect, Events: events}}, opts...)
 	if err != nil {
@@ -56,8 +64,9 @@ func (s *Store) Append(ctx context.Context, agg Aggregate, expect Expectation, e
 // AppendBatch stores the events of several aggregates in one atomic batch:
 // all of them, or none when any expectation fails. Each aggregate may appear
 // once. The total number of events is at most MaxBatch. Results are in the
-// order of reqs. Errors and retries are those of Append; a *ConflictError
-// names the first aggregate found to have moved.
+// order of reqs. Errors, retries and group commit are those of Append (the
+// whole call is one command, never split); a *ConflictError names the
+// first aggregate found to have moved.
 func (s *Store) AppendBatch(ctx context.Context, reqs []AppendRequest, opts ...AppendOption) ([]AppendResult, error) {
 	o := buildAppendOptions(opts)
 	ps, err := s.prepare(reqs)
@@ -86,7 +95,12 @@ func (s *Store) AppendBatch(ctx context.Context, reqs []AppendRequest, opts ...A
 				return nil, err
 			}
 		}
-		res, err := s.send(ctx, ps, o)
+		var res []AppendResult
+		if s.gc != nil {
+			res, err = s.gc.submit(ctx, ps, o)
+		} else {
+			res, err = s.send(ctx, ps, o, false)
+		}
 		var ce *ConflictError
 		if anyExpect && attempt < o.maxAttempts && errors.As(err, &ce) && expectsAny(ps, ce.Aggregate) {
 			if err := backoff(ctx, attempt); err != nil {
@@ -199,6 +213,10 @@ func classify(err error) errClass {
 			return classNoStream
 		case 10163, 10210, 10211: // check temporarily unavailable, too many in flight
 			return classUnavailable
+		case codeDuplicateInProcess:
+			// An earlier send of ours with the same id is still being
+			// replicated: it may yet land. Resend later and settle.
+			return classAmbiguous
 		}
 		if apiErr.Code == 503 {
 			return classUnavailable
@@ -219,15 +237,18 @@ func classify(err error) errClass {
 	return classOther
 }
 
-// send publishes the prepared events and settles the outcome.
-func (s *Store) send(ctx context.Context, ps []*prepared, o appendOptions) ([]AppendResult, error) {
+// send publishes the prepared events of one append on its own (one
+// publish, or one atomic batch) and settles the outcome. uncertain says that
+// the same messages may already have landed (they were in a group-commit
+// batch whose answer was lost): the outcome is then settled even when ctx
+// has ended.
+func (s *Store) send(ctx context.Context, ps []*prepared, o appendOptions, uncertain bool) ([]AppendResult, error) {
 	msgs := make([]*nats.Msg, 0, len(ps))
 	for _, p := range ps {
 		msgs = append(msgs, p.enc...)
 	}
 	first := msgs[0].Subject
 	var lastErr error
-	uncertain := false // an earlier attempt may have landed
 	pctx := ctx
 	for attempt := 1; ; attempt++ {
 		if !uncertain && ctx.Err() != nil {
@@ -316,6 +337,11 @@ func (s *Store) send(ctx context.Context, ps []*prepared, o appendOptions) ([]Ap
 
 const codeBatchDuplicateID = 10201
 
+// codeDuplicateInProcess: "duplicate message id is in process" (nats-server
+// 2.12+): a message with the same Nats-Msg-Id is proposed and not yet
+// committed, typically our own earlier attempt on a stream without quorum.
+const codeDuplicateInProcess = 10158
+
 func apiCode(err error) jetstream.ErrorCode {
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) {
@@ -366,6 +392,12 @@ func (s *Store) indeterminate(subject string, uncertain bool, err error) error {
 // one atomic batch. It returns the sequence of the first message.
 func (s *Store) publish(ctx context.Context, msgs []*nats.Msg) (uint64, bool, error) {
 	if len(msgs) == 1 {
+		// A message sent before in a group-commit batch still carries
+		// that batch's headers, which would make it a batch of its own.
+		h := msgs[0].Header
+		delete(h, jetstreamext.BatchIDHeader)
+		delete(h, jetstreamext.BatchSeqHeader)
+		delete(h, jetstreamext.BatchCommitHeader)
 		ack, err := s.js.PublishMsg(ctx, msgs[0])
 		if err != nil {
 			return 0, false, err

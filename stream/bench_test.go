@@ -312,12 +312,15 @@ type spreadAgg struct {
 // goroutines (each owns its aggregates and appends to them round-robin with
 // the expected-revision check): raw js.PublishMsg (raw-sync), raw pipelined
 // js.PublishMsgAsync from one goroutine with the same check (raw-async), and
-// Store.Append (esnats). Each iteration appends a chunk of events of each
-// kind (see spreadPerWorker); ns/op and events/s are per event.
+// Store.Append without group commit (esnats, GroupCommitOff: each append
+// waits for its own answer, as raw-sync does; BenchmarkAppendGroupCommit
+// has the same shape with group commit). Each iteration appends a chunk of
+// events of each kind (see spreadPerWorker); ns/op and events/s are per
+// event.
 func BenchmarkAppend1Spread(b *testing.B) {
 	for _, mode := range benchSyncModes {
 		b.Run("sync="+mode.String(), func(b *testing.B) {
-			e := newBenchEnv(b, benchServerJS(b, mode), nil)
+			e := newBenchEnv(b, benchServerJS(b, mode), func(c *stream.Config) { c.GroupCommit = stream.GroupCommitOff })
 			ctx := context.Background()
 			perWorker := spreadPerWorker(mode)
 			chunk := spreadWorkers * perWorker // events per kind per iteration
@@ -626,5 +629,328 @@ func benchRawLoad(ctx context.Context, e *benchEnv, subject string, decode bool)
 		if pending == 0 {
 			return n, nil
 		}
+	}
+}
+
+// Shape of BenchmarkAppendGroupCommit.
+const (
+	groupAggs     = 10_000
+	groupBatchRaw = 100 // events per raw atomic batch
+)
+
+// groupPerWriter is how many events each writer of
+// BenchmarkAppendGroupCommit appends per iteration: enough that the start
+// and the end of an iteration (fewer writers left) weigh little, few
+// enough that an iteration of raw pipelined publishes under fsync always
+// (about 2-4k events/s) stays within a second or two.
+func groupPerWriter(mode embedded.SyncPolicy, writers int) int {
+	if mode == embedded.SyncAlways {
+		return max(4096/writers, 1)
+	}
+	return max(8192/writers, 1)
+}
+
+// BenchmarkAppendGroupCommit appends one event each to 10,000 aggregates
+// from many goroutines (64 and 256; each owns its aggregates and appends to
+// them round-robin with the expected-revision check) through a Store with
+// group commit, beside the raw operations group commit is built on, all
+// with the same check on every message:
+//
+//   - raw-async: pipelined js.PublishMsgAsync from one goroutine, the whole
+//     chunk in flight (the fastest a client can publish single events);
+//   - raw-sync: js.PublishMsg from the writers, each waiting for its ack
+//     (as many in flight as writers: what a synchronous API allows);
+//   - raw-batch100: jetstreamext.PublishMsgBatch of 100 messages to 100
+//     aggregates, one batch after another (what one atomic batch costs);
+//   - esnats: Store.Append of 1 event with ExpectRevision, from the
+//     writers, with Config.GroupCommit = mode (batch: concurrent appends
+//     coalesced into atomic batches; pipeline: each sent on its own at once).
+//
+// Under fsync always and the server's default fsync. Each iteration appends
+// a chunk of events of each kind (groupPerWriter per writer); ns/op and
+// events/s are per event.
+func BenchmarkAppendGroupCommit(b *testing.B) {
+	for _, mode := range benchSyncModes {
+		for _, writers := range []int{64, 256} {
+			for _, gc := range []stream.GroupCommit{stream.GroupCommitBatch, stream.GroupCommitPipeline} {
+				b.Run(fmt.Sprintf("sync=%s/writers=%d/mode=%s", mode, writers, gc), func(b *testing.B) {
+					benchGroupCommit(b, mode, writers, gc)
+				})
+			}
+		}
+	}
+}
+
+func benchGroupCommit(b *testing.B, mode embedded.SyncPolicy, writers int, gc stream.GroupCommit) {
+	e := newBenchEnv(b, benchServerJS(b, mode), func(c *stream.Config) { c.GroupCommit = gc })
+	ctx := context.Background()
+	perWriter := groupPerWriter(mode, writers)
+	chunk := writers * perWriter // events per kind per iteration
+	mk := func(typ string) []spreadAgg {
+		aggs := make([]spreadAgg, groupAggs)
+		for i := range aggs {
+			a := stream.Aggregate{Type: typ, ID: fmt.Sprintf("g%05d", i)}
+			aggs[i] = spreadAgg{agg: a, subj: e.subject(b, a)}
+		}
+		return aggs
+	}
+	rawAsync, rawSync, rawBatch, es := mk("rawasync"), mk("rawsync"), mk("rawbatch"), mk("esnats")
+	events := []stream.EventData{{Data: benchPayload}}
+
+	// Writer w owns aggregates w, w+writers, ... of a kind's; cursors
+	// persist across iterations.
+	owned := func(w int) int { return (groupAggs - w + writers - 1) / writers }
+	writersOp := func(aggs []spreadAgg, cur []int, fn func(a *spreadAgg) error) {
+		var wg sync.WaitGroup
+		errs := make([]error, writers)
+		for w := range writers {
+			wg.Go(func() {
+				for range perWriter {
+					a := &aggs[w+cur[w]*writers]
+					cur[w] = (cur[w] + 1) % owned(w)
+					if err := fn(a); err != nil {
+						errs[w] = err
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			b.Fatal(err)
+		}
+	}
+
+	asyncCur := 0
+	type pending struct {
+		a   *spreadAgg
+		fut jetstream.PubAckFuture
+	}
+	futs := make([]pending, 0, chunk)
+	rawAsyncOp := func() {
+		// chunk < groupAggs: no aggregate twice in flight.
+		futs = futs[:0]
+		now := benchNow()
+		for range chunk {
+			a := &rawAsync[asyncCur]
+			asyncCur = (asyncCur + 1) % groupAggs
+			m := e.rawMsg(a.subj, a.ver+1, now)
+			m.Header[jetstream.ExpectedLastSubjSeqHeader] = []string{strconv.FormatUint(a.seq, 10)}
+			f, err := e.js.PublishMsgAsync(m, jetstream.WithStallWait(30*time.Second))
+			if err != nil {
+				b.Fatalf("raw-async %s: %v", a.subj, err)
+			}
+			futs = append(futs, pending{a, f})
+		}
+		timeout := time.NewTimer(time.Minute)
+		defer timeout.Stop()
+		for _, p := range futs {
+			select {
+			case ack := <-p.fut.Ok():
+				p.a.seq, p.a.ver = ack.Sequence, p.a.ver+1
+			case err := <-p.fut.Err():
+				b.Fatalf("raw-async %s: %v", p.a.subj, err)
+			case <-timeout.C:
+				b.Fatal("raw-async: no ack within a minute")
+			}
+		}
+	}
+
+	batchCur := 0
+	fc := jetstreamext.BatchFlowControl{AckFirst: false, AckTimeout: e.js.Options().DefaultTimeout}
+	msgs := make([]*nats.Msg, 0, groupBatchRaw)
+	aggs := make([]*spreadAgg, 0, groupBatchRaw)
+	rawBatchOp := func() {
+		for left := chunk; left > 0; left -= len(msgs) {
+			msgs, aggs = msgs[:0], aggs[:0]
+			now := benchNow()
+			for range min(groupBatchRaw, left) {
+				a := &rawBatch[batchCur]
+				batchCur = (batchCur + 1) % groupAggs
+				m := e.rawMsg(a.subj, a.ver+1, now)
+				m.Header[jetstream.ExpectedLastSubjSeqHeader] = []string{strconv.FormatUint(a.seq, 10)}
+				msgs = append(msgs, m)
+				aggs = append(aggs, a)
+			}
+			ack, err := jetstreamext.PublishMsgBatch(ctx, e.js, msgs, fc)
+			if err != nil {
+				b.Fatalf("raw-batch100: %v", err)
+			}
+			first := ack.Sequence - uint64(len(msgs)) + 1
+			for i, a := range aggs {
+				a.seq, a.ver = first+uint64(i), a.ver+1
+			}
+		}
+	}
+
+	syncCur, esCur := make([]int, writers), make([]int, writers)
+	rawSyncOp := func() {
+		writersOp(rawSync, syncCur, func(a *spreadAgg) error {
+			m := e.rawMsg(a.subj, a.ver+1, benchNow())
+			m.Header[jetstream.ExpectedLastSubjSeqHeader] = []string{strconv.FormatUint(a.seq, 10)}
+			ack, err := e.js.PublishMsg(ctx, m)
+			if err != nil {
+				return fmt.Errorf("raw-sync %s: %w", a.subj, err)
+			}
+			a.seq, a.ver = ack.Sequence, a.ver+1
+			return nil
+		})
+	}
+	esOp := func() {
+		writersOp(es, esCur, func(a *spreadAgg) error {
+			res, err := e.st.Append(ctx, a.agg, stream.ExpectRevision(a.rev), events)
+			if err != nil {
+				return err
+			}
+			a.rev = res.Last
+			return nil
+		})
+	}
+
+	t := newBenchTimes("raw-async", "raw-sync", "raw-batch100", "esnats")
+	t.loop(b, rawAsyncOp, rawSyncOp, rawBatchOp, esOp)
+	t.report(b, "ns/op", 1, chunk) // per event
+	if t.n > 0 {
+		for k, name := range t.names {
+			b.ReportMetric(float64(chunk)/(t.median(k)/1e9), name+"-events/s")
+		}
+	}
+	// Every event landed, each aggregate's versions without gaps.
+	var sum [4]uint64
+	for i := range groupAggs {
+		sum[0] += rawAsync[i].ver
+		sum[1] += rawSync[i].ver
+		sum[2] += rawBatch[i].ver
+		sum[3] += es[i].rev.Version
+	}
+	for k, s := range sum {
+		if want := uint64(chunk * t.total()); s != want {
+			b.Fatalf("%s: %d events appended, want %d", t.names[k], s, want)
+		}
+	}
+	e.checkLast(b, rawAsync[0].agg, rawAsync[0].ver)
+	e.checkLast(b, rawSync[0].agg, rawSync[0].ver)
+	e.checkLast(b, rawBatch[0].agg, rawBatch[0].ver)
+	e.checkLast(b, es[0].agg, es[0].rev.Version)
+	if s, err := e.js.Stream(ctx, e.st.Name()); err != nil {
+		b.Fatal(err)
+	} else if got, want := s.CachedInfo().State.Msgs, uint64(4*chunk*t.total()); got != want {
+		b.Fatalf("stream holds %d events, want %d", got, want)
+	}
+}
+
+// BenchmarkAppendBatch10Concurrent runs commands of 10 events from 64
+// goroutines, each on aggregates of its own (round-robin over 4 per
+// writer) with the expected-revision check: raw, every writer sends its
+// own jetstreamext.PublishMsgBatch of 10 messages (what appends without
+// group commit do), against Store.Append of 10 events with group commit
+// (esnats: the concurrent commands go out together, each atomic). On R1
+// file storage and R3 file storage (3-node cluster) under both fsync
+// policies. ms/cmd is the time per command at that concurrency (the
+// inverse of the command rate), not a command's latency.
+func BenchmarkAppendBatch10Concurrent(b *testing.B) {
+	const (
+		n       = 10
+		writers = 64
+		aggsPer = 4
+		perIter = 4 // commands per writer per iteration
+	)
+	cases := []struct {
+		name string
+		js   func(b *testing.B) jetstream.JetStream
+		mod  func(*stream.Config)
+	}{
+		{"R1-file-sync=server-default", func(b *testing.B) jetstream.JetStream { return benchServerJS(b, embedded.SyncServerDefault) }, nil},
+		{"R1-file-sync=always", func(b *testing.B) jetstream.JetStream { return benchServerJS(b, embedded.SyncAlways) }, nil},
+		{"R3-file-sync=server-default", func(b *testing.B) jetstream.JetStream { return benchClusterJS(b, embedded.SyncServerDefault) }, func(c *stream.Config) { c.Replicas = 3 }},
+		{"R3-file-sync=always", func(b *testing.B) jetstream.JetStream { return benchClusterJS(b, embedded.SyncAlways) }, func(c *stream.Config) { c.Replicas = 3 }},
+	}
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			e := newBenchEnv(b, c.js(b), c.mod)
+			ctx := context.Background()
+			mk := func(typ string) []spreadAgg {
+				aggs := make([]spreadAgg, writers*aggsPer)
+				for i := range aggs {
+					a := stream.Aggregate{Type: typ, ID: fmt.Sprintf("w%03d", i)}
+					aggs[i] = spreadAgg{agg: a, subj: e.subject(b, a)}
+				}
+				return aggs
+			}
+			raws, es := mk("raw"), mk("esnats")
+			events := make([]stream.EventData, n)
+			for i := range events {
+				events[i] = stream.EventData{Data: benchPayload}
+			}
+			fc := jetstreamext.BatchFlowControl{AckFirst: false, AckTimeout: e.js.Options().DefaultTimeout}
+			var cur [2][writers]int
+			parallel := func(fn func(w int) error) {
+				var wg sync.WaitGroup
+				errs := make([]error, writers)
+				for w := range writers {
+					wg.Go(func() { errs[w] = fn(w) })
+				}
+				wg.Wait()
+				if err := errors.Join(errs...); err != nil {
+					b.Fatal(err)
+				}
+			}
+			next := func(k, w int) int {
+				i := w*aggsPer + cur[k][w]
+				cur[k][w] = (cur[k][w] + 1) % aggsPer
+				return i
+			}
+			raw := func() {
+				parallel(func(w int) error {
+					msgs := make([]*nats.Msg, n)
+					for range perIter {
+						a := &raws[next(0, w)]
+						now := benchNow()
+						for i := range msgs {
+							msgs[i] = e.rawMsg(a.subj, a.ver+uint64(i)+1, now)
+						}
+						msgs[0].Header[jetstream.ExpectedLastSubjSeqHeader] = []string{strconv.FormatUint(a.seq, 10)}
+						ack, err := jetstreamext.PublishMsgBatch(ctx, e.js, msgs, fc)
+						if err != nil {
+							return fmt.Errorf("raw %s: %w", a.subj, err)
+						}
+						a.seq, a.ver = ack.Sequence, a.ver+n
+					}
+					return nil
+				})
+			}
+			esnats := func() {
+				parallel(func(w int) error {
+					for range perIter {
+						a := &es[next(1, w)]
+						res, err := e.st.Append(ctx, a.agg, stream.ExpectRevision(a.rev), events)
+						if err != nil {
+							return err
+						}
+						a.rev = res.Last
+					}
+					return nil
+				})
+			}
+			t := newBenchTimes("raw", "esnats")
+			t.loop(b, raw, esnats)
+			t.report(b, "ms/cmd", 1e6, writers*perIter)
+			if t.n > 0 {
+				b.ReportMetric(float64(n*writers*perIter)/(t.median(1)/1e9), "esnats-events/s")
+				b.ReportMetric(float64(n*writers*perIter)/(t.median(0)/1e9), "raw-events/s")
+			}
+			var sum [2]uint64
+			for i := range raws {
+				sum[0] += raws[i].ver
+				sum[1] += es[i].rev.Version
+			}
+			for k, s := range sum {
+				if want := uint64(n * writers * perIter * t.total()); s != want {
+					b.Fatalf("%s: %d events appended, want %d", t.names[k], s, want)
+				}
+			}
+			e.checkLast(b, raws[0].agg, raws[0].ver)
+			e.checkLast(b, es[0].agg, es[0].rev.Version)
+		})
 	}
 }

@@ -20,7 +20,9 @@ import (
 // The conformance suite (package streamtest) runs against the in-memory
 // store and the JetStream store, on one embedded server and on a 3-node
 // embedded cluster with Replicas 3, so that the fake cannot drift from the
-// real thing.
+// real thing. The JetStream store runs it with group commit in its default
+// mode (batches, on one server and on the cluster), in pipeline mode and
+// without group commit (one server).
 
 func TestConformanceMemory(t *testing.T) {
 	streamtest.Run(t, streamtest.Harness{
@@ -40,7 +42,23 @@ var jetStreamKnownBugs = map[string]string{}
 func TestConformanceJetStream(t *testing.T) {
 	srv := embedded.RunServer(t)
 	_, js := embedded.MustJetStream(t, srv)
-	streamtest.Run(t, jetStreamHarness(js, 1, jetStreamKnownBugs))
+	streamtest.Run(t, jetStreamHarness(js, 1, stream.GroupCommitAuto, jetStreamKnownBugs))
+}
+
+func TestConformanceJetStreamPipeline(t *testing.T) {
+	srv := embedded.RunServer(t)
+	_, js := embedded.MustJetStream(t, srv)
+	h := jetStreamHarness(js, 1, stream.GroupCommitPipeline, jetStreamKnownBugs)
+	h.Writers, h.AppendsPerWriter = 4, 50 // smaller: the default mode runs the full size
+	streamtest.Run(t, h)
+}
+
+func TestConformanceJetStreamGroupCommitOff(t *testing.T) {
+	srv := embedded.RunServer(t)
+	_, js := embedded.MustJetStream(t, srv)
+	h := jetStreamHarness(js, 1, stream.GroupCommitOff, jetStreamKnownBugs)
+	h.Writers, h.AppendsPerWriter = 4, 50 // smaller: the default mode runs the full size
+	streamtest.Run(t, h)
 }
 
 func TestConformanceJetStreamR3(t *testing.T) {
@@ -49,7 +67,7 @@ func TestConformanceJetStreamR3(t *testing.T) {
 	}
 	c := embedded.RunCluster(t)
 	_, js := embedded.MustJetStream(t, c)
-	h := jetStreamHarness(js, 3, jetStreamKnownBugs)
+	h := jetStreamHarness(js, 3, stream.GroupCommitAuto, jetStreamKnownBugs)
 	h.Replicated = true
 	// Every append is a raft round on three nodes: 8 writers x 200 appends
 	// take about 30s under -race on 2 cores, 8 x 50 about 10s,
@@ -74,14 +92,15 @@ func TestConformanceJetStreamR3(t *testing.T) {
 
 var conformanceStores atomic.Int64
 
-// jetStreamHarness makes a new stream per subtest on js's server or cluster.
-func jetStreamHarness(js jetstream.JetStream, replicas int, skip map[string]string) streamtest.Harness {
+// jetStreamHarness makes a new stream per subtest on js's server or
+// cluster, with group commit in mode gc.
+func jetStreamHarness(js jetstream.JetStream, replicas int, gc stream.GroupCommit, skip map[string]string) streamtest.Harness {
 	return streamtest.Harness{
 		New: func(t *testing.T, reg *stream.Registry) streamtest.Fixture {
 			name := fmt.Sprintf("conf%d", conformanceStores.Add(1))
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			cfg := stream.Config{Name: name, Registry: reg, Replicas: replicas}
+			cfg := stream.Config{Name: name, Registry: reg, Replicas: replicas, GroupCommit: gc}
 			st, err := stream.NewStore(ctx, js, cfg)
 			for err != nil && noPeers(err) && ctx.Err() == nil {
 				// Placement needs every node's statistics on the meta

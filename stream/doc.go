@@ -20,6 +20,14 @@
 // (errors.Is(err, ErrConflict)). Several events go in one atomic batch: all
 // or none. AppendBatch does the same across aggregates.
 //
+// Concurrent appends are coalesced (group commit, Config.GroupCommit): while
+// one append or batch is in flight, the appends that arrive gather and then
+// go out together in one atomic batch, each keeping its own expectation and
+// its events together. Under fsync "always" the server then syncs once per
+// batch instead of once per event. A conflict fails only the append whose
+// expectation did not hold. docs/appends.md and docs/performance.md say
+// what each mode guarantees and costs.
+//
 // Every event has an id (generated, or set by the caller). When an append's
 // outcome is unknown (a timeout, a lost connection), Append resends the same
 // events with the same ids and expectation and then asks the stream leader

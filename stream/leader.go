@@ -41,10 +41,23 @@ const (
 
 // leaderGet fetches one message from the stream leader. It returns
 // (nil, nil) when no message matches. A leader election in progress (no
-// responders, 503) is waited out for a few attempts.
+// responders, 503) is waited out for a few attempts. Each request waits at
+// most the JetStream default timeout and one that timed out is sent again
+// while ctx lasts: during a fail-over a node that sees a leader but is not
+// it drops the request without an answer, while the new leader is usually
+// up within a fraction of a second.
 func (s *Store) leaderGet(ctx context.Context, req msgGetRequest) (*rawMessage, error) {
 	for attempt := 1; ; attempt++ {
-		m, err := s.leaderGetOnce(ctx, req)
+		actx, cancel := context.WithTimeout(ctx, s.js.Options().DefaultTimeout)
+		m, err := s.leaderGetOnce(actx, req)
+		timedOut := err != nil && actx.Err() != nil && ctx.Err() == nil
+		cancel()
+		if timedOut {
+			if berr := backoff(ctx, 1); berr != nil {
+				return m, err
+			}
+			continue
+		}
 		var apiErr *jetstream.APIError
 		transient := errors.Is(err, nats.ErrNoResponders) || errors.As(err, &apiErr) && apiErr.Code == 503
 		if !transient || attempt >= 4 {
@@ -60,11 +73,6 @@ func (s *Store) leaderGetOnce(ctx context.Context, req msgGetRequest) (*rawMessa
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
-	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, s.js.Options().DefaultTimeout)
-		defer cancel()
 	}
 	resp, err := s.nc.RequestWithContext(ctx, s.apiPrefix+"STREAM.MSG.GET."+s.cfg.Name, body)
 	if err != nil {

@@ -61,6 +61,14 @@ type Config struct {
 	Description string
 	// Compression compresses stored events (s2). Default false.
 	Compression bool
+	// GroupCommit says how concurrent appends are sent: coalesced into
+	// atomic batches (GroupCommitBatch), single-event appends pipelined and
+	// only multi-event ones coalesced (GroupCommitPipeline), or each on its
+	// own (GroupCommitOff). Default GroupCommitAuto, which is
+	// GroupCommitBatch. Every mode keeps every guarantee of an append;
+	// which is fastest depends on the server's fsync policy (see
+	// GroupCommit and docs/performance.md). The in-memory store ignores it.
+	GroupCommit GroupCommit
 }
 
 // withDefaults returns a copy with defaults applied.
@@ -106,6 +114,9 @@ func (c Config) Validate() error {
 	if c.MaxAge < 0 || c.MaxBytes < 0 {
 		return fmt.Errorf("%w: MaxAge and MaxBytes must not be negative", ErrStoreConfig)
 	}
+	if !c.GroupCommit.valid() {
+		return fmt.Errorf("%w: unknown GroupCommit mode %d", ErrStoreConfig, int(c.GroupCommit))
+	}
 	return nil
 }
 
@@ -144,8 +155,11 @@ func (c Config) StreamConfig() jetstream.StreamConfig {
 }
 
 // Store is the JetStream event store. Create it with NewStore or OpenStore.
-// It is safe for concurrent use; it holds no connection of its own (the
-// caller owns the jetstream.JetStream and its connection).
+// It is safe for concurrent use, and coalesces concurrent appends into
+// atomic batches (group commit, Config.GroupCommit). It holds no connection
+// of its own (the caller owns the jetstream.JetStream and its connection)
+// and runs no goroutine of its own when no append is in flight, so there is
+// nothing to close: drop it when done.
 type Store struct {
 	js        jetstream.JetStream
 	nc        *nats.Conn
@@ -153,6 +167,7 @@ type Store struct {
 	reg       *Registry
 	subj      subjects
 	apiPrefix string
+	gc        *committer // nil: GroupCommitOff
 }
 
 var _ EventStore = (*Store)(nil)
@@ -204,8 +219,20 @@ func openStore(ctx context.Context, js jetstream.JetStream, cfg Config, create b
 			return nil, setupErr(fmt.Errorf("%w: stream %q does not exist (create it with NewStore)", ErrNotFound, cfg.Name))
 		}
 		err = jsapi.Retry(ctx, attempt, func(ctx context.Context) error {
-			_, err := js.CreateStream(ctx, want)
-			return err
+			for try := 1; ; try++ {
+				_, err := js.CreateStream(ctx, want)
+				// 10049: the server could not create the stream's directory.
+				// nats-server 2.15 removes an account's empty streams
+				// directory in the background after its last stream is
+				// deleted; a create right after can lose that race. Nothing
+				// was created, so trying again is safe.
+				if apiCode(err) != codeStreamStoreCreate || try == 5 {
+					return err
+				}
+				if berr := backoff(ctx, try); berr != nil {
+					return err
+				}
+			}
 		})
 		if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 			return nil, setupErr(fmt.Errorf("creating stream: %w", err))
@@ -241,15 +268,30 @@ func openStore(ctx context.Context, js jetstream.JetStream, cfg Config, create b
 			return nil, setupErr(fmt.Errorf("%w: stream %q must allow atomic publish and direct get", ErrStoreConfig, cfg.Name))
 		}
 	}
-	return &Store{
+	store := &Store{
 		js:        js,
 		nc:        js.Conn(),
 		cfg:       cfg,
 		reg:       cfg.Registry,
 		subj:      subjects{prefix: cfg.Subject},
 		apiPrefix: apiPrefix(js.Options()),
-	}, nil
+	}
+	if mode := cfg.groupCommitMode(); mode != GroupCommitOff {
+		store.gc = newCommitter(store, mode)
+	}
+	return store, nil
 }
+
+// groupCommitMode resolves GroupCommitAuto.
+func (c Config) groupCommitMode() GroupCommit {
+	if c.GroupCommit == GroupCommitAuto {
+		return GroupCommitBatch
+	}
+	return c.GroupCommit
+}
+
+// codeStreamStoreCreate is JetStream's "error creating store for stream".
+const codeStreamStoreCreate = 10049
 
 // compatible reports what in an existing stream cannot be changed to the
 // store's configuration.

@@ -10,8 +10,9 @@
 //	                    vs stream.Store.Append of one event
 //	append-batch        jetstreamext.PublishMsgBatch of 10 messages
 //	                    vs Store.Append of 10 events (one atomic batch)
-//	append-concurrent   js.PublishMsg vs Store.Append from Options.Concurrency
-//	                    goroutines, each on its own aggregate
+//	append-concurrent   pipelined js.PublishMsgAsync (up to 1024 in flight) vs
+//	                    Store.Append from Options.Concurrency goroutines, over
+//	                    10,000 aggregates: group commit (Options.GroupCommit)
 //	load                jetstreamext.GetBatch of a 100-event aggregate's subject
 //	                    vs Store.Load, iterating and decoding every event
 //	repository-update   js.PublishMsg with the check vs aggregate.Repository.Update

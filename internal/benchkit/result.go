@@ -18,8 +18,9 @@ type Result struct {
 	Workload    string `json:"workload"`
 	Unit        string `json:"unit"`
 	EventsPerOp int    `json:"events_per_op"`
-	// Concurrency is the number of operations in flight on each side: the
-	// writers of append-concurrent, 1 for the other workloads.
+	// Concurrency is the number of operations in flight on the esnats side:
+	// the writers of append-concurrent (whose raw side pipelines up to 1024
+	// publishes), 1 for the other workloads.
 	Concurrency int `json:"concurrency"`
 	// Replicas is the store's replication factor.
 	Replicas int `json:"replicas"`

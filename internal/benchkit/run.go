@@ -51,6 +51,11 @@ type Options struct {
 	// Concurrency is the number of writers of append-concurrent. Default
 	// DefaultConcurrency (16). Other workloads run one operation at a time.
 	Concurrency int
+	// GroupCommit is the group-commit mode of the store Run creates (see
+	// stream.Config.GroupCommit): how the esnats side of append-concurrent
+	// sends its concurrent appends. Default stream.GroupCommitAuto, the
+	// store's default.
+	GroupCommit stream.GroupCommit
 	// Replicas is the replication factor of the streams Run creates: 1 to 5,
 	// at most the servers of the cluster. Default 1.
 	Replicas int
@@ -84,6 +89,8 @@ func (o Options) Validate() error {
 		return fmt.Errorf("benchkit: Concurrency %d: must not be negative", o.Concurrency)
 	case o.Replicas < 0 || o.Replicas > 5:
 		return fmt.Errorf("benchkit: Replicas %d: want 1 to 5", o.Replicas)
+	case o.GroupCommit < stream.GroupCommitAuto || o.GroupCommit > stream.GroupCommitOff:
+		return fmt.Errorf("benchkit: GroupCommit %d: unknown mode", int(o.GroupCommit))
 	}
 	if o.Prefix != "" {
 		if err := stream.ValidateName("stream name prefix", o.Prefix); err != nil {
@@ -241,6 +248,7 @@ func run(ctx context.Context, e *env, w Workload, o Options) (Result, error) {
 		Name:        e.name,
 		Registry:    e.reg,
 		Replicas:    o.Replicas,
+		GroupCommit: o.GroupCommit,
 		Description: "esnats bench " + w.Name + " (temporary)",
 	})
 	if err != nil {

@@ -55,11 +55,13 @@ type Harness struct {
 	// Writers and AppendsPerWriter size the ConcurrentAppends behaviour:
 	// Writers goroutines each append AppendsPerWriter events, one at a
 	// time, to the same aggregate, retrying on conflicts. Defaults 8 and
-	// 200.
+	// 200. ConcurrentAggregates runs 2 x Writers goroutines, each running
+	// AppendsPerWriter/5 commands (at least 4) of 1 to 4 events on
+	// aggregates picked at random among 48.
 	Writers, AppendsPerWriter int
 
 	// Transient, if set, reports errors that the writers of
-	// ConcurrentAppends retry like a conflict: a replicated store may be
+	// ConcurrentAppends and ConcurrentAggregates retry like a conflict: a replicated store may be
 	// briefly unavailable under load (a stream leader moving). Every other
 	// error fails the behaviour; the retried ones are counted in the log.
 	// Whatever is retried, the events must be stored exactly once.
@@ -116,6 +118,7 @@ var behaviours = []behaviour{
 	{"ExpectNone", testExpectNone, nil},
 	{"ExpectAny", testExpectAny, nil},
 	{"ConcurrentAppends", testConcurrentAppends, nil},
+	{"ConcurrentAggregates", testConcurrentAggregates, nil},
 	{"BatchAllOrNothing", testBatchAllOrNothing, nil},
 	{"MultiEventStaleWritesNothing", testMultiEventStaleWritesNothing, nil},
 	{"RetryIsIdempotent", testRetryIsIdempotent, nil},
