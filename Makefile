@@ -4,7 +4,7 @@ GO ?= go
 PKGS ?= ./...
 BENCHTIME ?= 2s
 
-.PHONY: all test demo bench lint fuzz cover tidy compose-up compose-down compose-logs
+.PHONY: all test demo bench lint fuzz soak cover tidy compose-up compose-down compose-logs
 
 all: lint test
 
@@ -34,6 +34,13 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime $(FUZZTIME) ./stream/
 	$(GO) test -run '^$$' -fuzz '^FuzzCodecUnmarshal$$' -fuzztime $(FUZZTIME) ./stream/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeSnapshot$$' -fuzztime $(FUZZTIME) ./kv/
+
+## soak: the soak run (minutes; not part of make test): mixed commands, loads, snapshots and
+## projections on a 3-node cluster with faults, then the checker of internal/soak; prints a summary
+SOAK ?= 5m
+SOAKTIMEOUT ?= 3h
+soak:
+	$(GO) test -race -run '^TestSoak$$' -count=1 -timeout $(SOAKTIMEOUT) -v ./internal/soak/ -args -soak=$(SOAK)
 
 cover:
 	$(GO) test -count=1 -coverprofile=cover.out $(PKGS) && $(GO) tool cover -func=cover.out | tail -1
