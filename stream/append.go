@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/esnats/esnats/internal/telemetry"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/synadia-io/orbit.go/jetstreamext"
@@ -67,15 +68,37 @@ func (s *Store) Append(ctx context.Context, agg Aggregate, expect Expectation, e
 // order of reqs. Errors, retries and group commit are those of Append (the
 // whole call is one command, never split); a *ConflictError names the
 // first aggregate found to have moved.
-func (s *Store) AppendBatch(ctx context.Context, reqs []AppendRequest, opts ...AppendOption) ([]AppendResult, error) {
+func (s *Store) AppendBatch(ctx context.Context, reqs []AppendRequest, opts ...AppendOption) (res []AppendResult, err error) {
 	o := buildAppendOptions(opts)
 	ps, err := s.prepare(reqs)
 	if err != nil {
 		return nil, err
 	}
+	events := 0
+	for _, p := range ps {
+		events += len(p.events)
+	}
+	// The command's trace context (ContextWithTrace) goes into the events'
+	// headers; without one, the append's own span (when tracing is on).
+	tc, hasTrace := TraceFromContext(ctx)
+	var op telemetry.Op
+	if len(ps) == 1 {
+		ctx, op = s.tel.StartAppend(ctx, ps[0].agg.Type, ps[0].agg.ID, ps[0].filter, events)
+	} else {
+		ctx, op = s.tel.StartAppend(ctx, "", "", "", events)
+	}
+	defer func() {
+		n := 0
+		if err == nil {
+			n = events
+		}
+		op.End(n, err)
+	}()
 	meta := eventMeta{correlationID: o.correlationID, causationID: o.causationID, metadata: o.metadata, now: o.now().UTC()}
-	if tc, ok := TraceFromContext(ctx); ok {
+	if hasTrace {
 		meta.trace = tc
+	} else if parent, state := telemetry.TraceHeaders(ctx); parent != "" {
+		meta.trace = TraceContext{TraceParent: parent, TraceState: state}
 	}
 	for key := range o.metadata {
 		if err := validateMetaKey(key); err != nil {

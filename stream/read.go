@@ -38,7 +38,23 @@ func (s *Store) Load(ctx context.Context, agg Aggregate, opts ...ReadOption) ite
 	if err != nil {
 		return failed(err)
 	}
-	return loadEvents(agg, s.read(ctx, filter, o), o)
+	return func(yield func(*Event, error) bool) {
+		// The span covers the iteration, also when the caller stops early.
+		ctx, op := s.tel.StartLoad(ctx, agg.Type, agg.ID, filter)
+		n := 0
+		var lastErr error
+		defer func() { op.End(n, lastErr) }()
+		for ev, err := range loadEvents(agg, s.read(ctx, filter, o), o) {
+			if err != nil {
+				lastErr = err
+			} else {
+				n++
+			}
+			if !yield(ev, err) {
+				return
+			}
+		}
+	}
 }
 
 // ReadAll returns the store's events in stream order, from FromSequence

@@ -8,6 +8,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/esnats/esnats/internal/telemetry"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/esnats/esnats/internal/jsapi"
 
 	"github.com/nats-io/nats.go"
@@ -69,6 +73,14 @@ type Config struct {
 	// which is fastest depends on the server's fsync policy (see
 	// GroupCommit and docs/performance.md). The in-memory store ignores it.
 	GroupCommit GroupCommit
+
+	// TracerProvider and MeterProvider receive the store's spans
+	// (esnats.stream.append, esnats.stream.load) and metrics (append and
+	// load durations, events appended; docs/observability.md). Default: the
+	// global OpenTelemetry providers, which do nothing until the
+	// application installs an SDK. Not part of the stream's configuration.
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
 }
 
 // withDefaults returns a copy with defaults applied.
@@ -168,6 +180,7 @@ type Store struct {
 	subj      subjects
 	apiPrefix string
 	gc        *committer // nil: GroupCommitOff
+	tel       *telemetry.Store
 }
 
 var _ EventStore = (*Store)(nil)
@@ -275,6 +288,7 @@ func openStore(ctx context.Context, js jetstream.JetStream, cfg Config, create b
 		reg:       cfg.Registry,
 		subj:      subjects{prefix: cfg.Subject},
 		apiPrefix: apiPrefix(js.Options()),
+		tel:       telemetry.NewStore(cfg.Name, cfg.TracerProvider, cfg.MeterProvider, func(err error) bool { return errors.Is(err, ErrConflict) }),
 	}
 	if mode := cfg.groupCommitMode(); mode != GroupCommitOff {
 		store.gc = newCommitter(store, mode)
