@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/esnats/esnats/internal/jsapi"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -43,16 +45,22 @@ const (
 // (nil, nil) when no message matches. A leader election in progress (no
 // responders, 503) is waited out for a few attempts. Each request waits at
 // most the JetStream default timeout and one that timed out is sent again
-// while ctx lasts: during a fail-over a node that sees a leader but is not
-// it drops the request without an answer, while the new leader is usually
-// up within a fraction of a second.
+// (at most jsapi.MaxAttempts times in all) while ctx lasts: during a
+// fail-over a node that sees a leader but is not it drops the request
+// without an answer, while the new leader is usually up within a fraction
+// of a second. A request never answered (a missing permission) ends after
+// those attempts even without a deadline.
 func (s *Store) leaderGet(ctx context.Context, req msgGetRequest) (*rawMessage, error) {
+	timeouts := 0
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, s.js.Options().DefaultTimeout)
 		m, err := s.leaderGetOnce(actx, req)
 		timedOut := err != nil && actx.Err() != nil && ctx.Err() == nil
 		cancel()
 		if timedOut {
+			if timeouts++; timeouts >= jsapi.MaxAttempts {
+				return m, err
+			}
 			if berr := backoff(ctx, 1); berr != nil {
 				return m, err
 			}

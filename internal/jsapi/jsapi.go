@@ -10,9 +10,15 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
+// MaxAttempts bounds how many timed-out attempts Retry makes: an API
+// request that is never answered (a missing permission looks the same as
+// a lost reply) must not hold a caller without a deadline for ever.
+const MaxAttempts = 5
+
 // Retry runs call with a per-attempt timeout of attempt (the JetStream
 // context's DefaultTimeout, 5s when zero) and runs it again while the
-// attempt timed out and ctx is still alive. It returns call's last error.
+// attempt timed out, ctx is still alive and fewer than MaxAttempts were
+// made. It returns call's last error.
 //
 // Only idempotent JetStream API requests may be retried: stream and bucket
 // create-or-update with the same configuration, info lookups. A request the
@@ -24,12 +30,12 @@ func Retry(ctx context.Context, attempt time.Duration, call func(ctx context.Con
 		attempt = 5 * time.Second
 	}
 	backoff := 50 * time.Millisecond
-	for {
+	for n := 1; ; n++ {
 		actx, cancel := context.WithTimeout(ctx, attempt)
 		err := call(actx)
 		timedOut := actx.Err() != nil
 		cancel()
-		if err == nil || ctx.Err() != nil || !timedOut || !isTimeout(err) {
+		if err == nil || ctx.Err() != nil || !timedOut || !isTimeout(err) || n >= MaxAttempts {
 			return err
 		}
 		select {

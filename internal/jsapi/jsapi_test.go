@@ -42,3 +42,14 @@ func TestRetryStopsOnOtherErrorsAndWhenCtxEnds(t *testing.T) {
 	require.GreaterOrEqual(t, calls, 2)
 	require.Less(t, calls, 10)
 }
+
+func TestRetryGivesUpAfterMaxAttempts(t *testing.T) {
+	calls := 0
+	err := Retry(context.Background(), 10*time.Millisecond, func(ctx context.Context) error {
+		calls++
+		<-ctx.Done() // never answered (a missing permission looks the same)
+		return ctx.Err()
+	})
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.Equal(t, MaxAttempts, calls)
+}
