@@ -376,40 +376,7 @@ func BenchmarkAppend1Spread(b *testing.B) {
 				})
 			}
 
-			asyncCur := 0
-			type pending struct {
-				a   *spreadAgg
-				fut jetstream.PubAckFuture
-			}
-			futs := make([]pending, 0, chunk)
-			rawAsyncOp := func() {
-				// chunk < spreadAggs: no aggregate twice in flight.
-				futs = futs[:0]
-				now := benchNow()
-				for range chunk {
-					a := &rawAsync[asyncCur]
-					asyncCur = (asyncCur + 1) % spreadAggs
-					m := e.rawMsg(a.subj, a.ver+1, now)
-					m.Header[jetstream.ExpectedLastSubjSeqHeader] = []string{strconv.FormatUint(a.seq, 10)}
-					f, err := e.js.PublishMsgAsync(m, jetstream.WithStallWait(30*time.Second))
-					if err != nil {
-						b.Fatalf("raw-async %s: %v", a.subj, err)
-					}
-					futs = append(futs, pending{a, f})
-				}
-				timeout := time.NewTimer(30 * time.Second)
-				defer timeout.Stop()
-				for _, p := range futs {
-					select {
-					case ack := <-p.fut.Ok():
-						p.a.seq, p.a.ver = ack.Sequence, p.a.ver+1
-					case err := <-p.fut.Err():
-						b.Fatalf("raw-async %s: %v", p.a.subj, err)
-					case <-timeout.C:
-						b.Fatal("raw-async: no ack within 30s")
-					}
-				}
-			}
+			rawAsyncOp := e.rawPipelined(b, rawAsync, chunk, 30*time.Second)
 
 			esOp := func() {
 				parallel(func(w int) error {
@@ -721,40 +688,7 @@ func benchGroupCommit(b *testing.B, mode embedded.SyncPolicy, writers int, gc st
 		}
 	}
 
-	asyncCur := 0
-	type pending struct {
-		a   *spreadAgg
-		fut jetstream.PubAckFuture
-	}
-	futs := make([]pending, 0, chunk)
-	rawAsyncOp := func() {
-		// chunk < groupAggs: no aggregate twice in flight.
-		futs = futs[:0]
-		now := benchNow()
-		for range chunk {
-			a := &rawAsync[asyncCur]
-			asyncCur = (asyncCur + 1) % groupAggs
-			m := e.rawMsg(a.subj, a.ver+1, now)
-			m.Header[jetstream.ExpectedLastSubjSeqHeader] = []string{strconv.FormatUint(a.seq, 10)}
-			f, err := e.js.PublishMsgAsync(m, jetstream.WithStallWait(30*time.Second))
-			if err != nil {
-				b.Fatalf("raw-async %s: %v", a.subj, err)
-			}
-			futs = append(futs, pending{a, f})
-		}
-		timeout := time.NewTimer(time.Minute)
-		defer timeout.Stop()
-		for _, p := range futs {
-			select {
-			case ack := <-p.fut.Ok():
-				p.a.seq, p.a.ver = ack.Sequence, p.a.ver+1
-			case err := <-p.fut.Err():
-				b.Fatalf("raw-async %s: %v", p.a.subj, err)
-			case <-timeout.C:
-				b.Fatal("raw-async: no ack within a minute")
-			}
-		}
-	}
+	rawAsyncOp := e.rawPipelined(b, rawAsync, chunk, time.Minute)
 
 	batchCur := 0
 	fc := jetstreamext.BatchFlowControl{AckFirst: false, AckTimeout: e.js.Options().DefaultTimeout}
@@ -952,5 +886,45 @@ func BenchmarkAppendBatch10Concurrent(b *testing.B) {
 			e.checkLast(b, raws[0].agg, raws[0].ver)
 			e.checkLast(b, es[0].agg, es[0].rev.Version)
 		})
+	}
+}
+
+// rawPipelined returns the raw counterpart of group commit: chunk
+// pipelined PublishMsgAsync, each with the expected-last-subject-sequence
+// check, over aggs in turn (chunk < len(aggs): no aggregate is twice in
+// flight), then waiting for every ack, at most wait.
+func (e *benchEnv) rawPipelined(b *testing.B, aggs []spreadAgg, chunk int, wait time.Duration) func() {
+	type pending struct {
+		a   *spreadAgg
+		fut jetstream.PubAckFuture
+	}
+	cur := 0
+	futs := make([]pending, 0, chunk)
+	return func() {
+		futs = futs[:0]
+		now := benchNow()
+		for range chunk {
+			a := &aggs[cur]
+			cur = (cur + 1) % len(aggs)
+			m := e.rawMsg(a.subj, a.ver+1, now)
+			m.Header[jetstream.ExpectedLastSubjSeqHeader] = []string{strconv.FormatUint(a.seq, 10)}
+			f, err := e.js.PublishMsgAsync(m, jetstream.WithStallWait(30*time.Second))
+			if err != nil {
+				b.Fatalf("raw-async %s: %v", a.subj, err)
+			}
+			futs = append(futs, pending{a, f})
+		}
+		timeout := time.NewTimer(wait)
+		defer timeout.Stop()
+		for _, p := range futs {
+			select {
+			case ack := <-p.fut.Ok():
+				p.a.seq, p.a.ver = ack.Sequence, p.a.ver+1
+			case err := <-p.fut.Err():
+				b.Fatalf("raw-async %s: %v", p.a.subj, err)
+			case <-timeout.C:
+				b.Fatalf("raw-async: no ack within %s", wait)
+			}
+		}
 	}
 }

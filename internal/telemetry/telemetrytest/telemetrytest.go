@@ -62,46 +62,31 @@ func (s Snapshot) find(name string) (metricdata.Aggregation, bool) {
 // Int64 returns the sum of the int64 counter or gauge name over the data
 // points that have the attributes want (all of them, when want is empty);
 // ok is false when no data point matches.
-func (s Snapshot) Int64(name string, want ...attribute.KeyValue) (v int64, ok bool) {
-	data, found := s.find(name)
-	if !found {
-		return 0, false
-	}
-	switch d := data.(type) {
-	case metricdata.Sum[int64]:
-		for _, p := range d.DataPoints {
-			if matches(p.Attributes, want) {
-				v, ok = v+p.Value, true
-			}
-		}
-	case metricdata.Gauge[int64]:
-		for _, p := range d.DataPoints {
-			if matches(p.Attributes, want) {
-				v, ok = v+p.Value, true
-			}
-		}
-	}
-	return v, ok
+func (s Snapshot) Int64(name string, want ...attribute.KeyValue) (int64, bool) {
+	return sum[int64](s, name, want)
 }
 
 // Float64 is Int64 for float64 gauges and sums.
-func (s Snapshot) Float64(name string, want ...attribute.KeyValue) (v float64, ok bool) {
+func (s Snapshot) Float64(name string, want ...attribute.KeyValue) (float64, bool) {
+	return sum[float64](s, name, want)
+}
+
+// sum adds the matching data points of the sum or gauge name.
+func sum[N int64 | float64](s Snapshot, name string, want []attribute.KeyValue) (v N, ok bool) {
 	data, found := s.find(name)
 	if !found {
 		return 0, false
 	}
+	var points []metricdata.DataPoint[N]
 	switch d := data.(type) {
-	case metricdata.Sum[float64]:
-		for _, p := range d.DataPoints {
-			if matches(p.Attributes, want) {
-				v, ok = v+p.Value, true
-			}
-		}
-	case metricdata.Gauge[float64]:
-		for _, p := range d.DataPoints {
-			if matches(p.Attributes, want) {
-				v, ok = v+p.Value, true
-			}
+	case metricdata.Sum[N]:
+		points = d.DataPoints
+	case metricdata.Gauge[N]:
+		points = d.DataPoints
+	}
+	for _, p := range points {
+		if matches(p.Attributes, want) {
+			v, ok = v+p.Value, true
 		}
 	}
 	return v, ok
