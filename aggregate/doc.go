@@ -29,6 +29,19 @@
 // (SnapshotSchema) is ignored and replaced. A snapshot is a cache: losing it
 // loses nothing.
 //
+// A snapshot is used only if the stream still holds the event it was taken
+// after: the load reads from that event on (in the same round trip as the
+// events after it) and checks its sequence and version. A snapshot ahead of
+// the stream fails the check: one left behind by stream.Store.Purge, which
+// purges the events only (Repository.Purge deletes the snapshot too), or one
+// from a bucket restored from a newer backup than the stream. It is logged,
+// counted as ignored (reason "mismatch") and deleted, and the aggregate is
+// loaded from its events; so Load and Update never work on a state the
+// stream does not have. A cached aggregate is checked the same way by Load
+// (Update relies on the append's concurrency check, then reloads). A
+// snapshot naming an event the stream does hold, at its version, is
+// believed.
+//
 // # Observability
 //
 // Commands, loads and saves are traced with OpenTelemetry (spans

@@ -87,7 +87,7 @@ type Config[A Aggregate] struct {
 	// concurrency conflict. Default 10.
 	MaxAttempts int
 	// Logger receives what an operator needs: snapshots ignored (corrupt,
-	// another schema) or not written, commands that still conflict after
+	// another schema, ahead of the stream) or not written, commands that still conflict after
 	// MaxAttempts, appends whose outcome is unknown; each with the
 	// aggregate, its subject and position. Default: discard.
 	Logger *slog.Logger
@@ -175,44 +175,112 @@ func (r *Repository[A]) ref(id string) stream.Aggregate {
 // returned in its initial state (version 0). The instance belongs to the
 // caller; Save it to record changes.
 //
+// A cached instance or a snapshot is used only if the stream still holds the
+// event it was taken after, at the sequence and with the version it records:
+// the read after it starts at that event, in the same round trip. A snapshot
+// that fails this check (one left behind by stream.Store.Purge, or from a
+// bucket restored from a newer backup than the stream) is logged, counted
+// as ignored (reason "mismatch"), deleted, and the history is replayed
+// instead, in a second read; a cached instance that fails it is dropped and
+// the aggregate loaded afresh. A load never returns a state that is ahead of
+// the stream's history.
+//
 // On a replicated store the events are read from any current replica, so a
 // load an instant after another process's append may not see it yet; a
 // command based on it then fails the concurrency check, never silently.
 //
 // Errors: stream.ErrInvalidID for a bad id (before I/O); the store's errors
 // (stream.ErrNotFound for a missing stream, stream.ErrDecode and others for
-// events that cannot be decoded, naming subject and sequence).
+// events that cannot be decoded, naming subject and sequence); a
+// *stream.Error (Op "load", naming the event's subject and sequence)
+// matching stream.ErrDecode when the versions of the stored events do not
+// follow each other.
 func (r *Repository[A]) Load(ctx context.Context, id string) (A, error) {
 	if a, ok := r.cache.take(id); ok {
 		start := time.Now()
-		ctx, span := r.tel.start(ctx, telemetry.SpanLoad, id)
-		n, err := r.catchUp(ctx, a)
-		if err != nil {
-			r.tel.endLoad(ctx, span, fromCache, start, n, nil, err)
+		lctx, span := r.tel.start(ctx, telemetry.SpanLoad, id)
+		n, ok, err := r.follow(lctx, a)
+		switch {
+		case err != nil:
+			r.tel.endLoad(lctx, span, fromCache, start, n, nil, err)
 			var zero A
 			return zero, err
+		case ok:
+			r.tel.endLoad(lctx, span, fromCache, start, n, a, nil)
+			return a, nil
 		}
-		r.tel.endLoad(ctx, span, fromCache, start, n, a, nil)
-		return a, nil
+		// The stream no longer holds the cached instance's last event
+		// (its history was purged): load it afresh (not measured as a
+		// load from the cache).
+		if span.IsRecording() {
+			span.SetAttributes(telemetry.KeyLoadSource.String(sourceNames[fromCache]), telemetry.KeyEvents.Int(0))
+		}
+		span.End()
 	}
 	return r.load(ctx, id)
 }
 
-// catchUp applies the events stored after a's revision, and returns how
-// many there were.
-func (r *Repository[A]) catchUp(ctx context.Context, a A) (int, error) {
+// follow applies to a the events stored after its revision, and returns
+// how many there were. a must have been loaded or saved: its revision is
+// checked against the stream first. The read starts at the sequence of a's
+// last event (the anchor, read in the same round trip as the events after
+// it, and not applied), and ok is false, with nothing applied, when the
+// stream does not hold an event of a's version there: a is then ahead of the
+// stream (a snapshot or a cached instance of a history since purged, or
+// never stored), or its position is wrong.
+//
+// An anchor that cannot be decoded (its type since unregistered, say) is
+// taken as present: it was decoded when a was built, and the next event, if
+// any, must then have the next version.
+func (r *Repository[A]) follow(ctx context.Context, a A) (n int, ok bool, err error) {
 	root := a.root()
-	n := 0
-	for ev, err := range r.store.Load(ctx, r.ref(root.id), stream.FromSequence(root.sequence+1)) {
+	ref := r.ref(root.id)
+	if root.version == 0 {
+		// Nothing to check: read from the start.
+		for ev, err := range r.store.Load(ctx, ref) {
+			if err == nil {
+				err = applyStored(a, ev)
+			}
+			if err != nil {
+				return n, true, err
+			}
+			n++
+		}
+		return n, true, nil
+	}
+	anchor, version := root.sequence, root.version
+	if anchor == 0 {
+		return 0, false, nil
+	}
+	found, undecodable := false, false
+	skipAnchor := stream.SkipUndecodable(func(err error) bool {
+		var se *stream.Error
+		if !found && errors.As(err, &se) && se.Sequence == anchor {
+			found, undecodable = true, true
+			return true
+		}
+		return false
+	})
+	for ev, err := range r.store.Load(ctx, ref, stream.FromSequence(anchor), skipAnchor) {
 		if err != nil {
-			return n, err
+			return n, true, err
+		}
+		if !found {
+			if ev.Sequence != anchor || ev.Version != version {
+				return 0, false, nil
+			}
+			found = true
+			continue
+		}
+		if undecodable && n == 0 && ev.Version != version+1 {
+			return 0, false, nil
 		}
 		if err := applyStored(a, ev); err != nil {
-			return n, err
+			return n, true, err
 		}
 		n++
 	}
-	return n, nil
+	return n, found, nil
 }
 
 // load reads the aggregate from the snapshot store and the event store.
@@ -224,32 +292,35 @@ func (r *Repository[A]) load(ctx context.Context, id string) (A, error) {
 	}
 	start := time.Now()
 	ctx, span := r.tel.start(ctx, telemetry.SpanLoad, id)
-	a, fromSnap := r.fromSnapshot(ctx, ref)
 	src := fromEvents
-	var opts []stream.ReadOption
+	a, fromSnap := r.fromSnapshot(ctx, ref)
 	if fromSnap {
 		src = fromSnapshot
-		opts = append(opts, stream.FromSequence(a.root().sequence+1))
-	}
-	replayed := 0
-	var err error
-	for ev, rerr := range r.store.Load(ctx, ref, opts...) {
-		if rerr == nil {
-			rerr = applyStored(a, ev)
+		n, ok, err := r.follow(ctx, a)
+		if err != nil {
+			r.tel.endLoad(ctx, span, src, start, n, nil, err)
+			var zero A
+			return zero, err
 		}
-		if rerr != nil {
-			err = rerr
-			break
+		if ok {
+			r.tel.endLoad(ctx, span, src, start, n, a, nil)
+			return a, nil
 		}
-		replayed++
+		root := a.root()
+		r.ignoreSnapshot(ctx, ignoredMismatch, slog.LevelWarn, "esnats: ignoring snapshot of an event the stream does not hold", ref, root.version, root.sequence)
+		if err := r.cfg.Snapshots.Delete(ctx, ref); err != nil {
+			r.log.Warn("esnats: ignored snapshot not deleted", append(r.logAttrs(ref), "error", err)...)
+		}
+		a, src = New(r.cfg.New(id), id), fromEvents
 	}
+	n, _, err := r.follow(ctx, a)
 	if err != nil {
-		r.tel.endLoad(ctx, span, src, start, replayed, nil, err)
+		r.tel.endLoad(ctx, span, src, start, n, nil, err)
 		var zero A
 		return zero, err
 	}
-	r.tel.endLoad(ctx, span, src, start, replayed, a, nil)
-	if r.cfg.Snapshots != nil && !fromSnap && replayed > 0 && r.cfg.SnapshotEvery > 0 && replayed >= r.cfg.SnapshotEvery {
+	r.tel.endLoad(ctx, span, src, start, n, a, nil)
+	if r.cfg.Snapshots != nil && r.cfg.SnapshotEvery > 0 && n >= r.cfg.SnapshotEvery {
 		// No usable snapshot (none, ignored, or corrupt) and a long history:
 		// take one now so the next load is short.
 		r.snapshot(ctx, a)

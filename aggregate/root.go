@@ -120,11 +120,15 @@ func New[A Aggregate](a A, id string) A {
 	return a
 }
 
-// applyStored applies a stored event during a load.
+// applyStored applies a stored event during a load. An event whose version
+// is not the next one is refused with a *stream.Error (Op "load", the
+// event's subject and sequence) matching stream.ErrDecode, as the store
+// reports a gap between two events it reads.
 func applyStored(a Aggregate, ev *stream.Event) error {
 	r := a.root()
 	if ev.Version != r.version+1 {
-		return fmt.Errorf("aggregate %s: event version %d follows version %d (subject %s, sequence %d)", ev.Aggregate, ev.Version, r.version, ev.Subject, ev.Sequence)
+		return &stream.Error{Op: "load", Subject: ev.Subject, Sequence: ev.Sequence,
+			Err: fmt.Errorf("%w: version %d follows version %d (history of %s is not contiguous)", stream.ErrDecode, ev.Version, r.version, ev.Aggregate)}
 	}
 	a.Apply(ev.Data)
 	r.version = ev.Version

@@ -59,10 +59,11 @@ const (
 	ignoredSchema
 	ignoredContentType
 	ignoredUnreadable
+	ignoredMismatch
 	numReasons
 )
 
-var reasonNames = [numReasons]string{telemetry.ReasonCorrupt, telemetry.ReasonSchema, telemetry.ReasonContentType, telemetry.ReasonUnreadable}
+var reasonNames = [numReasons]string{telemetry.ReasonCorrupt, telemetry.ReasonSchema, telemetry.ReasonContentType, telemetry.ReasonUnreadable, telemetry.ReasonMismatch}
 
 // repoTelemetry traces and measures one repository. Attribute sets are
 // built once, in newRepoTelemetry: measuring allocates nothing, and with
@@ -102,7 +103,7 @@ func newRepoTelemetry(tp trace.TracerProvider, mp metric.MeterProvider, store, a
 		loadDur:     telemetry.Histogram(m, telemetry.MetricLoadDuration, "s", "Duration of aggregate loads that read the stores (a snapshot, events).", telemetry.DurationBuckets),
 		loadEvents:  telemetry.Histogram(m, telemetry.MetricLoadEvents, "{event}", "Events read by one aggregate load (after the snapshot, if any).", telemetry.CountBuckets),
 		snapWrites:  telemetry.Counter(m, telemetry.MetricSnapshotWrites, "{snapshot}", "Snapshot writes, by outcome (ok, error)."),
-		snapIgnored: telemetry.Counter(m, telemetry.MetricSnapshotIgnored, "{snapshot}", "Snapshots found and not used, by reason (corrupt, schema, content_type, unreadable)."),
+		snapIgnored: telemetry.Counter(m, telemetry.MetricSnapshotIgnored, "{snapshot}", "Snapshots found and not used, by reason (corrupt, schema, content_type, unreadable, mismatch)."),
 		snapOK:      with(telemetry.KeyOutcome.String(telemetry.OutcomeOK)),
 		snapErr:     with(telemetry.KeyOutcome.String(telemetry.OutcomeError)),
 	}

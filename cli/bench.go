@@ -86,11 +86,11 @@ esnats_bench_<workload>_<random>, and deletes them afterwards.`,
 				where = fmt.Sprintf("embedded server %s (fsync %s, data in %s)", s.ClientURL(), policy, dir)
 				// A plain connection: a selected nats context's credentials,
 				// TLS or domain are for another server.
-				nc, err := s.Connect(nats.Name("esnats bench"))
+				nc, err := s.Connect(nats.Name("esnats bench"), nats.ErrorHandler(a.errs.handler))
 				if err != nil {
 					return err
 				}
-				if c, err = withJetStream(ctx, nc, "", a.conn.timeout); err != nil {
+				if c, err = withJetStream(ctx, nc, "", a.conn.timeout, a.errs); err != nil {
 					return err
 				}
 			} else if c, err = a.conn.connect(ctx, "esnats bench", false); err != nil {

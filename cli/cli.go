@@ -35,7 +35,10 @@ type Options struct {
 	// Registry, if set, decodes payloads with the application's registered
 	// types (upcast to their current schema) before printing them as JSON.
 	// Without it, payloads are decoded by their content type (msgpack or
-	// JSON) into plain JSON values.
+	// JSON) into plain JSON values. Every message is checked as the store
+	// checks it (stream.CheckEvent: subject, headers, versions); with a
+	// registry an unregistered event type is also a reason shown beside
+	// the event (decode_error), without one the type is not checked.
 	Registry *stream.Registry
 
 	// Projections, if set, lists the application's projections of a store:
@@ -100,8 +103,22 @@ func ExitCode(err error) int {
 
 // New returns the esnats command tree configured by opts.
 func New(opts Options) *cobra.Command {
+	return newApp(opts).root()
+}
+
+// newApp returns the app of opts: its stderr is safe for concurrent
+// writes, and receives the connections' asynchronous errors.
+func newApp(opts Options) *app {
 	opts = opts.withDefaults()
-	a := &app{opts: opts}
+	stderr := &syncWriter{w: opts.Stderr}
+	a := &app{opts: opts, stderr: stderr, errs: newAsyncErrors(opts.Name, stderr)}
+	a.conn.errs = a.errs
+	return a
+}
+
+// root returns the command tree.
+func (a *app) root() *cobra.Command {
+	opts := a.opts
 	root := &cobra.Command{
 		Use:   opts.Name,
 		Short: "Event sourcing on NATS JetStream: inspect stores, follow events, run and operate projections",
@@ -112,8 +129,11 @@ projections run by worker processes, and benchmarks esnats beside raw
 JetStream. "` + opts.Name + ` dev" runs a NATS server with JetStream for development.
 
 Connection flags follow the nats CLI: -s/--server (or NATS_URL), --creds,
---nkey, --user/--password, --tlscert/--tlskey/--tlsca, and --context for a
-saved nats CLI context.
+--nkey, --user/--password, --tlscert/--tlskey/--tlsca, --inbox-prefix, and
+--context for a saved nats CLI context. What the server reports on the
+connection asynchronously (a permission violation, a slow consumer) is
+printed on stderr as "` + opts.Name + `: nats: ...", once; a request the server
+refuses for lack of permission fails at once, naming the subject.
 
 Exit codes: 0 ok, 1 error, 2 usage, 3 cannot connect (no server, credentials,
 TLS, no JetStream), 4 not found (store, aggregate, consumer, projection).`,
@@ -121,7 +141,7 @@ TLS, no JetStream), 4 not found (store, aggregate, consumer, projection).`,
 		SilenceErrors: true,
 	}
 	root.SetOut(opts.Stdout)
-	root.SetErr(opts.Stderr)
+	root.SetErr(a.stderr)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return withCode(ExitUsage, fmt.Errorf("%w (see %s --help)", err, c.CommandPath()))
 	})
@@ -143,16 +163,20 @@ TLS, no JetStream), 4 not found (store, aggregate, consumer, projection).`,
 // the exit code; errors are printed to opts.Stderr. ctx ending stops
 // long-running commands (dev, follow, projection workers) cleanly.
 func Run(ctx context.Context, opts Options, args []string) int {
-	opts = opts.withDefaults()
-	root := New(opts)
+	a := newApp(opts)
+	opts = a.opts
+	root := a.root()
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
+	// Asynchronous errors still on their way concern a command that is
+	// over; and opts.Stderr is the caller's again once Run returns.
+	a.errs.close()
 	if err != nil {
 		code := ExitCode(err)
 		if code == ExitError && isUsageError(err) {
 			code = ExitUsage
 		}
-		fmt.Fprintf(opts.Stderr, "%s: %v\n", opts.Name, err)
+		fmt.Fprintf(a.stderr, "%s: %v\n", opts.Name, err)
 		return code
 	}
 	return ExitOK
@@ -169,8 +193,10 @@ func Main(opts Options) {
 
 // app holds what every subcommand shares.
 type app struct {
-	opts Options
-	conn connFlags
+	opts   Options
+	conn   connFlags
+	stderr *syncWriter  // opts.Stderr, for concurrent writers
+	errs   *asyncErrors // the connections' error handler
 }
 
 // usageError marks errors in the arguments.

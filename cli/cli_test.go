@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -562,4 +563,103 @@ func TestBench(t *testing.T) {
 	r = run(t, cli.Options{}, "bench", "nope")
 	assert.Equal(t, cli.ExitUsage, r.code)
 	assert.Contains(t, r.stderr, `unknown workload "nope"`)
+}
+
+// permsFixture is a server with JetStream and two users besides "admin"
+// (no restrictions, which sets a store and a snapshot up): "ops", whose
+// replies may only come to the inbox prefix _INBOX_ops, and "lister", who
+// may not delete consumers.
+func permsFixture(t *testing.T) (url string) {
+	t.Helper()
+	t.Setenv("XDG_CONFIG_HOME", t.TempDir()) // no nats CLI context of the machine's user
+	srv := embedded.RunServer(t, func(o *embedded.Options) {
+		o.Configure = func(so *server.Options) {
+			so.Users = []*server.User{
+				{Username: "admin", Password: "admin"},
+				{Username: "ops", Password: "ops", Permissions: &server.Permissions{
+					Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX_ops.>"}},
+				}},
+				{Username: "lister", Password: "lister", Permissions: &server.Permissions{
+					Publish: &server.SubjectPermission{Deny: []string{"$JS.API.CONSUMER.DELETE.>"}},
+				}},
+			}
+		}
+	})
+	_, js := embedded.MustJetStream(t, srv, nats.UserInfo("admin", "admin"))
+	ctx := context.Background()
+	store, err := stream.NewStore(ctx, js, stream.Config{Name: "shop", Registry: registry()})
+	require.NoError(t, err)
+	_, err = store.Append(ctx, stream.Aggregate{Type: "cart", ID: "bob"}, stream.ExpectNone(), []stream.EventData{{Data: ItemAdded{SKU: "fig", Quantity: 5}}})
+	require.NoError(t, err)
+	snaps, err := kv.NewStore(ctx, js, kv.Config{})
+	require.NoError(t, err)
+	require.NoError(t, snaps.Put(ctx, kv.Snapshot{
+		Aggregate: stream.Aggregate{Type: "cart", ID: "bob"}, Version: 1, Sequence: 1,
+		StateType: "cart", SchemaVersion: 1, ContentType: stream.ContentTypeMsgpack, State: []byte{0x80},
+	}))
+	return srv.ClientURL()
+}
+
+// A user whose permissions allow only its own inbox prefix works with
+// --inbox-prefix, and is told at once what is wrong without it.
+func TestInboxPrefix(t *testing.T) {
+	url := permsFixture(t)
+	login := []string{"-s", url, "--user", "ops", "--password", "ops"}
+
+	start := time.Now()
+	r := run(t, cli.Options{}, append(login, "--timeout", "10s", "stores")...)
+	took := time.Since(start)
+	assert.Equal(t, cli.ExitConnect, r.code)
+	assert.Regexp(t, `^esnats: connected to `+regexp.QuoteMeta(url)+`, but the server refuses this user a subscription to its reply inbox "_INBOX\.\w+\.\*" \(permission denied\), so no answer can reach it: pass the inbox prefix its permissions allow with --inbox-prefix \(or inbox_prefix in the nats context\)\n$`, r.stderr)
+	assert.Less(t, took, 5*time.Second, "refused at once, not after --timeout")
+
+	for _, args := range [][]string{
+		{"stores"},
+		{"events", "shop"},
+		{"events", "shop", "--type", "cart", "--id", "bob"},
+		{"aggregate", "shop", "cart", "bob"},
+		{"snapshots"},
+		{"consumers", "shop"},
+		{"projections", "status", "shop"},
+	} {
+		r = run(t, cli.Options{}, append(append(login, "--inbox-prefix", "_INBOX_ops"), args...)...)
+		assert.Equal(t, cli.ExitOK, r.code, "%v: %s", args, r.stderr)
+		assert.Empty(t, r.stderr, "%v", args)
+	}
+	r = run(t, cli.Options{}, append(login, "--inbox-prefix", "_INBOX_ops", "events", "shop", "--json")...)
+	assert.Contains(t, r.stdout, `"sku":"fig"`)
+
+	// The flag overrides a context's inbox_prefix.
+	ctxFile := filepath.Join(t.TempDir(), "ops.json")
+	require.NoError(t, os.WriteFile(ctxFile, []byte(`{"inbox_prefix": "_INBOX_other"}`), 0o600))
+	r = run(t, cli.Options{}, append(login, "--context", ctxFile, "stores")...)
+	assert.Equal(t, cli.ExitConnect, r.code)
+	assert.Contains(t, r.stderr, `reply inbox "_INBOX_other.`)
+	r = run(t, cli.Options{}, append(login, "--context", ctxFile, "--inbox-prefix", "_INBOX_ops", "stores")...)
+	assert.Equal(t, cli.ExitOK, r.code, r.stderr)
+
+	for _, bad := range []string{"_INBOX.>", "a.", "a b", "*"} {
+		r = run(t, cli.Options{}, append(login, "--inbox-prefix", bad, "stores")...)
+		assert.Equal(t, cli.ExitUsage, r.code, bad)
+		assert.Contains(t, r.stderr, "--inbox-prefix", bad)
+	}
+}
+
+// What the server reports asynchronously goes to Options.Stderr, once: a
+// user who may list snapshots but not delete the listing's consumer gets
+// the listing, and the refused delete printed, without waiting for it.
+func TestAsyncErrorsGoToStderr(t *testing.T) {
+	url := permsFixture(t)
+	start := time.Now()
+	r := run(t, cli.Options{}, "-s", url, "--user", "lister", "--password", "lister", "--timeout", "10s", "snapshots")
+	took := time.Since(start)
+	require.Equal(t, cli.ExitOK, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "cart/bob")
+	assert.Regexp(t, `^esnats: nats: permissions violation: Permissions Violation for Publish to "\$JS\.API\.CONSUMER\.DELETE\.KV_esnats_snapshots\.\w+"\n$`, r.stderr)
+	assert.Less(t, took, 5*time.Second, "not waiting --timeout for the refused delete")
+
+	// The name in the messages is the command's.
+	r = run(t, cli.Options{Name: "shop-tool"}, "-s", url, "--user", "lister", "--password", "lister", "snapshots")
+	require.Equal(t, cli.ExitOK, r.code, r.stderr)
+	assert.True(t, strings.HasPrefix(r.stderr, "shop-tool: nats: permissions violation: "), r.stderr)
 }

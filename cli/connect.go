@@ -13,6 +13,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 	"github.com/synadia-io/orbit.go/natscontext"
+
+	"github.com/esnats/esnats/internal/natserr"
 )
 
 // connFlags are the connection flags, named as the nats CLI names them.
@@ -20,8 +22,11 @@ type connFlags struct {
 	server, creds, nkey, user, password string
 	tlsCert, tlsKey, tlsCA              string
 	tlsFirst                            bool
-	context, jsDomain                   string
+	context, jsDomain, inboxPrefix      string
 	timeout                             time.Duration
+
+	// errs receives the connections' asynchronous errors (set by New).
+	errs *asyncErrors
 }
 
 func (f *connFlags) flags(root *cobra.Command) {
@@ -37,6 +42,7 @@ func (f *connFlags) flags(root *cobra.Command) {
 	pf.BoolVar(&f.tlsFirst, "tlsfirst", false, "perform the TLS handshake before the NATS INFO")
 	pf.StringVar(&f.context, "context", "", "nats CLI context to use (default: the nats CLI's selected context, if any)")
 	pf.StringVar(&f.jsDomain, "js-domain", "", "JetStream domain")
+	pf.StringVar(&f.inboxPrefix, "inbox-prefix", "", "prefix of the reply inboxes (default: the context's inbox_prefix, else _INBOX), for users whose permissions allow only their own")
 	pf.DurationVar(&f.timeout, "timeout", 5*time.Second, "time to wait for the server on each request")
 }
 
@@ -53,9 +59,13 @@ func (f *connFlags) urls() (string, string) {
 
 // connection is an open connection with its JetStream context.
 type connection struct {
-	nc  *nats.Conn
-	js  jetstream.JetStream
-	url string
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	url     string
+	api     string        // the JetStream API prefix: "$JS.API." or "$JS.<domain>.API."
+	inbox   string        // the reply inboxes' prefix, with its final dot: "_INBOX."
+	timeout time.Duration // --timeout
+	errs    *asyncErrors
 }
 
 func (c *connection) Close() {
@@ -72,6 +82,7 @@ func (f *connFlags) connect(ctx context.Context, name string, follow bool) (*con
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.Timeout(f.timeout),
+		nats.ErrorHandler(f.errs.handler),
 	}
 	if follow {
 		opts = append(opts, nats.MaxReconnects(-1))
@@ -107,6 +118,14 @@ func (f *connFlags) connect(ctx context.Context, name string, follow bool) (*con
 	if f.tlsFirst {
 		opts = append(opts, nats.TLSHandshakeFirst())
 	}
+	if f.inboxPrefix != "" {
+		p := f.inboxPrefix
+		if strings.ContainsAny(p, "*> \t") || strings.HasPrefix(p, ".") || strings.HasSuffix(p, ".") || strings.Contains(p, "..") {
+			return nil, usagef("--inbox-prefix %q: want subject tokens without wildcards or a final dot (for example _INBOX_shop_ops)", p)
+		}
+		// After the context's options: it overrides the context's inbox_prefix.
+		opts = append(opts, nats.CustomInboxPrefix(p))
+	}
 	urls, from := f.urls()
 	if urls != "" {
 		servers := strings.Split(urls, ",")
@@ -128,12 +147,13 @@ func (f *connFlags) connect(ctx context.Context, name string, follow bool) (*con
 	if domain == "" {
 		domain = settings.JSDomain
 	}
-	return withJetStream(ctx, nc, domain, f.timeout)
+	return withJetStream(ctx, nc, domain, f.timeout, f.errs)
 }
 
 // withJetStream checks that JetStream answers on nc (in domain, if set) and
-// returns the connection; on error nc is closed.
-func withJetStream(ctx context.Context, nc *nats.Conn, domain string, timeout time.Duration) (*connection, error) {
+// returns the connection; on error nc is closed. errs is nc's error
+// handler's.
+func withJetStream(ctx context.Context, nc *nats.Conn, domain string, timeout time.Duration, errs *asyncErrors) (*connection, error) {
 	var (
 		js  jetstream.JetStream
 		err error
@@ -148,13 +168,28 @@ func withJetStream(ctx context.Context, nc *nats.Conn, domain string, timeout ti
 		nc.Close()
 		return nil, withCode(ExitConnect, err)
 	}
-	c := &connection{nc: nc, js: js, url: nc.ConnectedUrlRedacted()}
+	c := &connection{nc: nc, js: js, url: nc.ConnectedUrlRedacted(), api: "$JS.API.", timeout: timeout, errs: errs}
+	if domain != "" {
+		c.api = "$JS." + domain + ".API."
+	}
+	if in := nc.NewInbox(); strings.LastIndexByte(in, '.') > 0 {
+		c.inbox = in[:strings.LastIndexByte(in, '.')+1]
+	}
 	// One round trip tells whether JetStream is there, before a command
 	// misreads its absence as "not found".
-	actx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	if _, err := js.AccountInfo(actx); err != nil {
+	err = c.do(ctx, call{subjects: []string{c.api + "INFO"}, why: "every esnats command asks for the account's JetStream information first"}, func(ctx context.Context) error {
+		_, err := js.AccountInfo(ctx)
+		return err
+	})
+	if err != nil {
 		c.Close()
+		var re *refusedError
+		switch {
+		case errors.As(err, &re) && re.v.Op == natserr.Subscribe:
+			return nil, withCode(ExitConnect, explain(re, "connected to %s, but the server refuses this user a subscription to its reply inbox %q (permission denied), so no answer can reach it: pass the inbox prefix its permissions allow with --inbox-prefix (or inbox_prefix in the nats context)", c.url, re.v.Subject))
+		case re != nil:
+			return nil, withCode(ExitConnect, fmt.Errorf("connected to %s, but JetStream did not answer: %w", c.url, err))
+		}
 		switch {
 		case errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount), errors.Is(err, nats.ErrNoResponders):
 			return nil, withCode(ExitConnect, fmt.Errorf("connected to %s, but JetStream is not enabled there for this account (%v); esnats needs a server run with JetStream (nats-server -js, or %s)", c.url, err, "esnats dev"))

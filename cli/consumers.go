@@ -70,22 +70,26 @@ func consumerRowOf(info *jetstream.ConsumerInfo) consumerRow {
 	return r
 }
 
-// storeConsumers lists the durable consumers of a store's stream.
+// storeConsumers lists the durable consumers of a store's stream, within
+// --timeout (a refused listing fails at once, see connection.do).
 func storeConsumers(ctx context.Context, c *connection, store string) ([]consumerRow, error) {
-	st, err := c.js.Stream(ctx, store)
-	if err != nil {
-		return nil, err
-	}
 	rows := []consumerRow{}
-	lister := st.ListConsumers(ctx)
-	for info := range lister.Info() {
-		if info.Config.Durable == "" {
-			continue // ephemeral (an esnats events reader, a nats CLI view)
+	err := c.do(ctx, call{subjects: []string{c.api + "STREAM.INFO." + store, c.api + "CONSUMER.LIST." + store}}, func(ctx context.Context) error {
+		st, err := c.js.Stream(ctx, store)
+		if err != nil {
+			return err
 		}
-		rows = append(rows, consumerRowOf(info))
-	}
-	if err := lister.Err(); err != nil {
-		return nil, err
+		lister := st.ListConsumers(ctx)
+		for info := range lister.Info() {
+			if info.Config.Durable == "" {
+				continue // ephemeral (an esnats events reader, a nats CLI view)
+			}
+			rows = append(rows, consumerRowOf(info))
+		}
+		return lister.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing the consumers of store %q: %w", store, err)
 	}
 	sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
 	return rows, nil
@@ -108,7 +112,7 @@ caught-up, working, stalled (events wait and no worker asks for them) or idle.`,
 				return err
 			}
 			defer c.Close()
-			if _, err := lookupStore(ctx, c, args[0]); err != nil {
+			if _, err := a.lookupStore(ctx, c, args[0]); err != nil {
 				return err
 			}
 			rows, err := storeConsumers(ctx, c, args[0])

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"mime"
 	"sort"
 	"strconv"
 	"strings"
@@ -12,7 +13,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/esnats/esnats/stream"
 )
@@ -98,7 +98,17 @@ func storeNames(ctx context.Context, c *connection) ([]string, error) {
 }
 
 // decodeEvent turns one message of a store into a record. It never fails:
-// what cannot be decoded is reported in DecodeError.
+// what cannot be decoded is reported in DecodeError and the message is
+// still shown, with what could be read of it.
+//
+// DecodeError is the first reason a read of the store would refuse the
+// message, in the store's words without the "esnats: " prefix: the subject
+// and header checks of stream.CheckEvent (the store's own), then, with the
+// application's registry (Options.Registry), an unregistered event type or
+// a payload the registry cannot decode. Without a registry the payload is
+// decoded generically by its content type (msgpack or JSON), and an event
+// type is not checked against any registry: a payload that decodes so gets
+// no reason, although a store whose registry lacks the type would refuse it.
 func (a *app) decodeEvent(prefix, subject string, seq uint64, stored time.Time, hdr nats.Header, data []byte) eventRecord {
 	rec := eventRecord{
 		Sequence:      seq,
@@ -112,33 +122,20 @@ func (a *app) decodeEvent(prefix, subject string, seq uint64, stored time.Time, 
 		TraceParent:   hdr.Get(stream.HeaderTraceParent),
 		Size:          len(data),
 	}
-	var problems []string
+	// Show what can be read, leniently: the checks come after.
 	rest, ok := strings.CutPrefix(subject, prefix+".")
-	typ, token, ok2 := strings.Cut(rest, ".")
-	if !ok || !ok2 {
-		problems = append(problems, fmt.Sprintf("subject %q is not <prefix>.<aggregate type>.<id>", subject))
-	} else {
+	if typ, token, ok2 := strings.Cut(rest, "."); ok && ok2 {
 		rec.AggregateType = typ
-		if id, err := stream.DecodeID(token); err != nil {
-			rec.AggregateID = token
-			problems = append(problems, err.Error())
-		} else {
+		rec.AggregateID = token
+		if id, err := stream.DecodeID(token); err == nil {
 			rec.AggregateID = id
 		}
 	}
 	if v := hdr.Get(stream.HeaderVersion); v != "" {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			problems = append(problems, fmt.Sprintf("%s %q: not a number", stream.HeaderVersion, v))
-		}
-		rec.Version = n
+		rec.Version, _ = strconv.ParseUint(v, 10, 64)
 	}
 	if v := hdr.Get(stream.HeaderSchema); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			problems = append(problems, fmt.Sprintf("%s %q: not a number", stream.HeaderSchema, v))
-		}
-		rec.Schema = n
+		rec.Schema, _ = strconv.Atoi(v)
 	}
 	if v := hdr.Get(stream.HeaderTime); v != "" {
 		if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
@@ -153,28 +150,45 @@ func (a *app) decodeEvent(prefix, subject string, seq uint64, stored time.Time, 
 			rec.Metadata[key] = vs[0]
 		}
 	}
-	payload, err := a.payloadJSON(rec.Type, rec.Schema, rec.ContentType, data)
-	if err != nil {
-		problems = append(problems, err.Error())
-	}
+
+	envErr := stream.CheckEvent(prefix, subject, seq, hdr)
+	payload, err := a.payloadJSON(rec.Type, rec.Schema, rec.ContentType, data, envErr == nil)
 	rec.Data = payload
-	rec.DecodeError = strings.Join(problems, "; ")
+	switch {
+	case envErr != nil:
+		var se *stream.Error
+		if errors.As(envErr, &se) {
+			envErr = se.Err // the record names subject and sequence
+		}
+		rec.DecodeError = reason(envErr)
+	case err != nil:
+		rec.DecodeError = reason(err)
+	}
 	return rec
 }
 
+// reason is an error's text for DecodeError: without the "esnats: "
+// prefix, which the command's own errors carry.
+func reason(err error) string { return strings.TrimPrefix(err.Error(), "esnats: ") }
+
 // payloadJSON renders a payload as JSON: with the application's registry
-// when it knows the type, else generically by content type.
-func (a *app) payloadJSON(typ string, schema int, contentType string, data []byte) (json.RawMessage, error) {
-	if len(data) == 0 {
-		return nil, nil
-	}
-	if reg := a.opts.Registry; reg != nil && reg.Has(typ) {
+// when there is one and registered says the type may be looked up (the
+// message passed stream.CheckEvent), else generically by content type. With
+// a registry, a type it does not know is an error (the payload is still
+// rendered generically).
+func (a *app) payloadJSON(typ string, schema int, contentType string, data []byte, registered bool) (json.RawMessage, error) {
+	if reg := a.opts.Registry; reg != nil && registered {
+		if !reg.Has(typ) {
+			payload, _ := genericJSON(contentType, data)
+			return payload, fmt.Errorf("%w: %q is not registered", stream.ErrUnknownEventType, typ)
+		}
 		if schema == 0 {
 			schema = 1
 		}
 		v, err := reg.Decode(typ, schema, contentType, data)
 		if err != nil {
-			return nil, err
+			payload, _ := genericJSON(contentType, data)
+			return payload, err
 		}
 		b, err := json.Marshal(v)
 		if err != nil {
@@ -182,15 +196,26 @@ func (a *app) payloadJSON(typ string, schema int, contentType string, data []byt
 		}
 		return b, nil
 	}
-	switch contentType {
+	return genericJSON(contentType, data)
+}
+
+// genericJSON renders a payload as JSON by its content type alone.
+func genericJSON(contentType string, data []byte) (json.RawMessage, error) {
+	ct := contentType
+	if mt, _, err := mime.ParseMediaType(contentType); err == nil {
+		ct = mt
+	}
+	switch ct {
 	case stream.ContentTypeJSON:
 		if !json.Valid(data) {
 			return quoted(data), fmt.Errorf("payload is not valid JSON")
 		}
 		return append(json.RawMessage(nil), data...), nil
 	case stream.ContentTypeMsgpack, "":
+		// The store's codec: it checks declared lengths before it
+		// allocates (a 5-byte payload may declare 4 billion elements).
 		var v any
-		if err := msgpack.Unmarshal(data, &v); err != nil {
+		if err := stream.Msgpack().Unmarshal(data, &v); err != nil {
 			return quoted(data), fmt.Errorf("payload is not valid msgpack: %w", err)
 		}
 		b, err := json.Marshal(jsonable(v))

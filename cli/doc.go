@@ -17,9 +17,17 @@
 // status|rebuild|reset|run (through the workers' control plane, see
 // projections.Runner.Serve) and bench (esnats beside raw JetStream).
 // Connection flags follow the nats CLI (-s, --creds, --nkey, --user,
-// --password, --tlscert, --tlskey, --tlsca, --context). Tables are for
-// people, --json for scripts. Exit codes are ExitOK, ExitError, ExitUsage,
-// ExitConnect and ExitNotFound. docs/cli.md is the manual.
+// --password, --tlscert, --tlskey, --tlsca, --inbox-prefix, --context).
+// Tables are for people, --json for scripts. Exit codes are ExitOK,
+// ExitError, ExitUsage, ExitConnect and ExitNotFound. docs/cli.md is the
+// manual.
+//
+// What the NATS server reports on a connection asynchronously (permission
+// violations, slow consumers) goes to Options.Stderr as "<name>: nats:
+// <error>", each distinct message once per Run; a request the server
+// refuses for lack of permission fails at once with an error naming the
+// subject (it matches nats.ErrPermissionViolation), instead of waiting for
+// --timeout.
 //
 // "projections run" and "dev" serve Prometheus metrics with --metrics-addr
 // (off by default): the worker's projection and consumer metrics, or the

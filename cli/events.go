@@ -71,31 +71,36 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 // readEvents delivers the events matching q, in stream order, to emit until
 // emit returns false, the matching events are exhausted (unless following)
 // or ctx ends. It returns how many matching events are left unread.
+//
+// A one-off read goes through an ephemeral consumer of its own (created
+// within --timeout), fetched from batch after batch; following, through an
+// ordered consumer, which nats.go recreates after a reconnect. Either way
+// the server deletes the consumer a few seconds after the last pull: a
+// read leaves nothing behind, and needs no permission to delete consumers.
+// A consumer creation or a pull the server refuses fails at once.
 func (a *app) readEvents(ctx context.Context, c *connection, si *storeInfo, q eventQuery, emit func(eventRecord) bool) (left uint64, err error) {
 	filter, err := q.filter(si.prefix)
 	if err != nil {
 		return 0, err
 	}
-	// The server deletes the ordered consumer a few seconds after the last
-	// pull: a one-off read leaves nothing behind on the store.
-	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}, InactiveThreshold: 5 * time.Second}
 	since, err := parseSince(q.since, time.Now())
 	if err != nil {
 		return 0, err
 	}
+	name := si.info.Config.Name
+	deliver, startSeq := jetstream.DeliverAllPolicy, uint64(0)
+	var startTime *time.Time
 	switch {
 	case q.from > 0 && !since.IsZero():
 		return 0, usagef("--from and --since exclude each other")
 	case q.from > 0:
-		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
-		cfg.OptStartSeq = q.from
+		deliver, startSeq = jetstream.DeliverByStartSequencePolicy, q.from
 	case !since.IsZero():
-		cfg.DeliverPolicy = jetstream.DeliverByStartTimePolicy
-		cfg.OptStartTime = &since
+		deliver, startTime = jetstream.DeliverByStartTimePolicy, &since
 	}
-	cons, err := c.js.OrderedConsumer(ctx, si.info.Config.Name, cfg)
-	if err != nil {
-		return 0, fmt.Errorf("reading store %q: %w", si.info.Config.Name, err)
+	reading := call{
+		subjects: []string{c.api + "CONSUMER.CREATE." + name + ".>", c.api + "CONSUMER.MSG.NEXT." + name + ".>"},
+		why:      "reading events creates a consumer on the store and pulls from it",
 	}
 	handle := func(msg jetstream.Msg) (cont bool, pending uint64) {
 		md, err := msg.Metadata()
@@ -110,46 +115,108 @@ func (a *app) readEvents(ctx context.Context, c *connection, si *storeInfo, q ev
 	}
 
 	if q.follow {
-		it, err := cons.Messages()
+		var cons jetstream.Consumer
+		err := c.do(ctx, reading, func(ctx context.Context) (err error) {
+			cons, err = c.js.OrderedConsumer(ctx, name, jetstream.OrderedConsumerConfig{
+				FilterSubjects: []string{filter}, DeliverPolicy: deliver, OptStartSeq: startSeq, OptStartTime: startTime,
+				InactiveThreshold: 5 * time.Second,
+			})
+			return err
+		})
 		if err != nil {
-			return 0, err
+			return 0, fmt.Errorf("reading store %q: %w", name, err)
 		}
-		stop := context.AfterFunc(ctx, it.Stop)
-		defer stop()
-		defer it.Stop()
-		for {
-			msg, err := it.Next()
+		// Pulls refused later (permissions changed under a long follow)
+		// end it too.
+		err = c.watch(ctx, reading, 0, func(ctx context.Context) error {
+			it, err := cons.Messages()
 			if err != nil {
-				if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-					return 0, nil
+				return err
+			}
+			stop := context.AfterFunc(ctx, it.Stop)
+			defer stop()
+			defer it.Stop()
+			for {
+				msg, err := it.Next()
+				if err != nil {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+						return nil
+					}
+					return err
 				}
-				return 0, err
+				if cont, _ := handle(msg); !cont {
+					return nil
+				}
 			}
-			if cont, _ := handle(msg); !cont {
-				return 0, nil
-			}
+		})
+		if err != nil && ctx.Err() == nil {
+			return 0, fmt.Errorf("following store %q: %w", name, err)
 		}
+		return 0, nil
+	}
+
+	var cons jetstream.Consumer
+	err = c.do(ctx, reading, func(ctx context.Context) (err error) {
+		cons, err = c.js.CreateConsumer(ctx, name, jetstream.ConsumerConfig{
+			FilterSubject: filter, DeliverPolicy: deliver, OptStartSeq: startSeq, OptStartTime: startTime,
+			AckPolicy: jetstream.AckNonePolicy, InactiveThreshold: 5 * time.Second, MemoryStorage: true, Replicas: 1,
+		})
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("reading store %q: %w", name, err)
 	}
 	for {
-		batch, err := cons.FetchNoWait(256)
+		// A pull gets what the consumer has at once (an empty batch: no
+		// more), and nats.go ends it after a second without an answer. A
+		// pull the server refuses gets no answer either: the watch tells
+		// the two apart. No timeout of ours: emit may wait for a slow
+		// reader of the output.
+		var (
+			n       int
+			stopped bool
+			pending uint64
+		)
+		err := c.watch(ctx, reading, 0, func(ctx context.Context) error {
+			batch, err := cons.FetchNoWait(256)
+			if err != nil {
+				return err
+			}
+			msgs := batch.Messages()
+			for {
+				select {
+				case msg, ok := <-msgs:
+					if !ok {
+						if err := batch.Error(); err != nil {
+							return err
+						}
+						if n == 0 {
+							return ctx.Err() // refused meanwhile, or nil: the end
+						}
+						return nil
+					}
+					n++
+					var cont bool
+					cont, pending = handle(msg)
+					if !cont || pending == 0 {
+						stopped = !cont
+						return nil
+					}
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+		})
 		if err != nil {
-			return 0, err
+			return 0, fmt.Errorf("reading store %q: %w", name, err)
 		}
-		n := 0
-		for msg := range batch.Messages() {
-			n++
-			cont, pending := handle(msg)
-			if !cont {
-				return pending, nil
-			}
-			if pending == 0 {
-				return 0, batch.Error()
-			}
+		if stopped {
+			return pending, nil
 		}
-		if err := batch.Error(); err != nil {
-			return 0, err
-		}
-		if n == 0 || ctx.Err() != nil {
+		if n == 0 || pending == 0 || ctx.Err() != nil {
 			return 0, ctx.Err()
 		}
 	}
@@ -183,7 +250,7 @@ cannot be decoded are shown with the reason, never skipped.`,
 				return err
 			}
 			defer c.Close()
-			si, err := lookupStore(ctx, c, args[0])
+			si, err := a.lookupStore(ctx, c, args[0])
 			if err != nil {
 				return err
 			}
@@ -277,7 +344,7 @@ holds and how many events a load reads after it.`,
 				return err
 			}
 			defer c.Close()
-			si, err := lookupStore(ctx, c, args[0])
+			si, err := a.lookupStore(ctx, c, args[0])
 			if err != nil {
 				return err
 			}

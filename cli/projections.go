@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go/micro"
 	"github.com/spf13/cobra"
 
 	"github.com/esnats/esnats/projections"
@@ -81,14 +82,18 @@ server knows them.`,
 				return err
 			}
 			defer c.Close()
-			if _, err := lookupStore(ctx, c, args[0]); err != nil {
+			if _, err := a.lookupStore(ctx, c, args[0]); err != nil {
 				return err
 			}
 			cl, err := projections.NewControlClient(c.nc, args[0], projections.WithControlTimeout(a.conn.timeout))
 			if err != nil {
 				return withCode(ExitUsage, err)
 			}
-			instances, err := cl.Status(ctx)
+			var instances []projections.InstanceStatus
+			err = c.quietly(controlCall(args[0]), func() (err error) {
+				instances, err = cl.Status(ctx)
+				return err
+			})
 			w := cmd.OutOrStdout()
 			if errors.Is(err, projections.ErrNoWorker) {
 				rows, cerr := storeConsumers(ctx, c, args[0])
@@ -182,7 +187,7 @@ restarted. The command refuses when it sees several, unless --force.`,
 				return err
 			}
 			defer c.Close()
-			if _, err := lookupStore(ctx, c, args[0]); err != nil {
+			if _, err := a.lookupStore(ctx, c, args[0]); err != nil {
 				return err
 			}
 			opts := []projections.ControlOption{projections.WithControlTimeout(a.conn.timeout)}
@@ -194,15 +199,25 @@ restarted. The command refuses when it sees several, unless --force.`,
 				return withCode(ExitUsage, err)
 			}
 			if !force {
-				if n, err := runningIn(ctx, cl, args[1]); err == nil && n > 1 {
+				var n int
+				err := c.quietly(controlCall(args[0]), func() (err error) {
+					n, err = runningIn(ctx, cl, args[1])
+					return err
+				})
+				if errors.Is(err, projections.ErrPermissionDenied) {
+					return err
+				}
+				if err == nil && n > 1 {
 					return withCode(ExitUsage, fmt.Errorf("projection %s runs in %d worker processes: a rebuild switches it to a new consumer, and the others then stop with an error (restart them afterwards); run it again with --force to go ahead", args[1], n))
 				}
 			}
 			p := newProgress(cmd.ErrOrStderr(), "rebuilding "+args[1], 0, quiet)
 			var last projections.Progress
-			err = cl.Rebuild(ctx, args[1], func(pr projections.Progress) {
-				last = pr
-				p.set(int64(pr.Position), int64(pr.Target))
+			err = c.quietly(controlCall(args[0]), func() error {
+				return cl.Rebuild(ctx, args[1], func(pr projections.Progress) {
+					last = pr
+					p.set(int64(pr.Position), int64(pr.Target))
+				})
 			})
 			p.finish()
 			if err != nil {
@@ -257,7 +272,7 @@ during a reset: stop the others first.`,
 				return err
 			}
 			defer c.Close()
-			if _, err := lookupStore(ctx, c, args[0]); err != nil {
+			if _, err := a.lookupStore(ctx, c, args[0]); err != nil {
 				return err
 			}
 			// The worker gives a reset up to a minute (it stops the batch in
@@ -270,7 +285,7 @@ during a reset: stop the others first.`,
 			if err != nil {
 				return withCode(ExitUsage, err)
 			}
-			if err := cl.Reset(ctx, args[1], to); err != nil {
+			if err := c.quietly(controlCall(args[0]), func() error { return cl.Reset(ctx, args[1], to) }); err != nil {
 				return projError(args[0], args[1], err)
 			}
 			w := cmd.OutOrStdout()
@@ -278,7 +293,11 @@ during a reset: stop the others first.`,
 			if !wait {
 				return nil
 			}
-			st, err := waitCaughtUp(ctx, cl, args[1], newProgress(cmd.ErrOrStderr(), "replaying "+args[1], 0, quiet), a.conn.timeout)
+			var st projections.ProjectionStatus
+			err = c.quietly(controlCall(args[0]), func() (err error) {
+				st, err = waitCaughtUp(ctx, cl, args[1], newProgress(cmd.ErrOrStderr(), "replaying "+args[1], 0, quiet), a.conn.timeout)
+				return err
+			})
 			if err != nil {
 				return projError(args[0], args[1], err)
 			}
@@ -291,6 +310,12 @@ during a reset: stop the others first.`,
 	cmd.Flags().Uint64Var(&to, "to", 1, "stream sequence to go back to (1: the start)")
 	cmd.Flags().StringVar(&instance, "instance", "", "the worker instance to ask (default: the one running the projection)")
 	return cmd
+}
+
+// controlCall is what the control plane's requests publish to.
+func controlCall(store string) call {
+	ping, _ := micro.ControlSubject(micro.PingVerb, projections.ControlServiceName, "")
+	return call{subjects: []string{ping, projections.ControlSubjectPrefix + "." + store + ".>"}}
 }
 
 // projError explains a control-plane failure, with its exit code.
@@ -418,6 +443,9 @@ func waitCaughtUp(ctx context.Context, cl *projections.ControlClient, name strin
 	var lastErr error
 	for {
 		instances, err := cl.Status(ctx)
+		if errors.Is(err, projections.ErrPermissionDenied) {
+			return projections.ProjectionStatus{}, err
+		}
 		lastErr = err
 		var runs []projections.ProjectionStatus
 		for _, in := range instances {

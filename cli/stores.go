@@ -1,6 +1,9 @@
 package cli
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -40,16 +43,19 @@ AGGREGATES counts the aggregate instances (distinct subjects) that have events.`
 			}
 			defer c.Close()
 			var rows []storeRow
-			lister := c.js.ListStreams(cmd.Context())
-			for info := range lister.Info() {
-				prefix, ok := isStore(info.Config)
-				if !ok {
-					continue
+			err = c.do(cmd.Context(), call{subjects: []string{c.api + "STREAM.LIST"}}, func(ctx context.Context) error {
+				lister := c.js.ListStreams(ctx)
+				for info := range lister.Info() {
+					prefix, ok := isStore(info.Config)
+					if !ok {
+						continue
+					}
+					rows = append(rows, storeRowOf(info, prefix))
 				}
-				rows = append(rows, storeRowOf(info, prefix))
-			}
-			if err := lister.Err(); err != nil {
-				return err
+				return lister.Err()
+			})
+			if err != nil {
+				return fmt.Errorf("listing streams: %w", err)
 			}
 			if asJSON {
 				if rows == nil {
@@ -92,4 +98,19 @@ func storeRowOf(info *jetstream.StreamInfo, prefix string) storeRow {
 		r.MaxAge = info.Config.MaxAge.String()
 	}
 	return r
+}
+
+// lookupStore looks the store up (see lookupStore) within --timeout; a
+// refused lookup fails at once (see connection.do).
+func (a *app) lookupStore(ctx context.Context, c *connection, name string) (si *storeInfo, err error) {
+	err = c.do(ctx, call{subjects: []string{c.api + "STREAM.INFO." + name, c.api + "STREAM.LIST"}}, func(ctx context.Context) error {
+		si, err = lookupStore(ctx, c, name)
+		return err
+	})
+	var re *refusedError
+	var na *noAnswerError
+	if errors.As(err, &re) || errors.As(err, &na) {
+		return nil, fmt.Errorf("looking up store %q: %w", name, err)
+	}
+	return si, err
 }

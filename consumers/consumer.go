@@ -23,7 +23,7 @@ import (
 )
 
 // Failure says what a consumer does with an event its handler keeps failing
-// on (or that cannot be decoded).
+// on (or that a handler would take but that cannot be decoded).
 type Failure int
 
 const (
@@ -82,8 +82,9 @@ type Config struct {
 	AggregateTypes []string
 	// EventTypes delivers only events of these types to a batch handler
 	// (the event type is a header, so the client filters; other events are
-	// acknowledged without a call). With per-type handlers, the types that
-	// have a handler are delivered and this field is not used.
+	// acknowledged without a call and without being decoded). With per-type
+	// handlers, the types that have a handler are delivered and this field
+	// is not used.
 	EventTypes []string
 	// Start is where a new consumer starts. Default FromBeginning().
 	Start Start
@@ -264,8 +265,10 @@ func New(js jetstream.JetStream, store *stream.Store, cfg Config) (*Consumer, er
 	return &Consumer{js: js, store: store, cfg: cfg, handlers: map[string]Handler{}, tel: newConsumerTelemetry(cfg, store.Name())}, nil
 }
 
-// Handle sets the handler of one event type. Events of types with no
-// handler are acknowledged without a call.
+// Handle sets the handler of one event type. Unless a batch handler is set
+// (HandleBatch), events of types with no handler, of types the registry
+// does not know, and messages with no event type are acknowledged without a
+// call and without being decoded: never parked, never stopping Run.
 func (c *Consumer) Handle(eventType string, h Handler) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -421,6 +424,14 @@ func (c *Consumer) Run(ctx context.Context) error {
 			return nil // stopped while starting
 		}
 		return err
+	}
+	if c.cfg.ResumeAt != nil {
+		if err := c.resumeBehind(ctx, cons); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
 	}
 	var (
 		sub      *pull
@@ -613,6 +624,47 @@ func (c *Consumer) resume(ctx context.Context) (uint64, error) {
 	return res.ResetSeq, nil
 }
 
+// resumeBehind moves the consumer back, at start, to where ResumeAt says
+// when that is at or below its acknowledgement floor and no process holds
+// its pin: the read model lost what the consumer acknowledged (an in-memory
+// model in a new process, a database restored from a backup). A take-over
+// does the same (see resume), but only once a delivery reaches this
+// process, which on an idle store may not happen for a long time: the
+// model would stay behind meanwhile, its status showing no lag. With a pin
+// held, the active process is the one whose model counts, and this process
+// waits as a standby.
+func (c *Consumer) resumeBehind(ctx context.Context, cons jetstream.Consumer) error {
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("consumers: %q: reading its position: %w", c.cfg.Name, err)
+	}
+	for _, g := range info.PriorityGroups {
+		if g.Group == c.cfg.Group && g.PinnedClientID != "" {
+			return nil
+		}
+	}
+	seq, err := c.cfg.ResumeAt(ctx)
+	if err != nil {
+		return fmt.Errorf("consumers: %q: where to resume: %w", c.cfg.Name, err)
+	}
+	seq = max(seq, 1)
+	if seq > info.AckFloor.Stream {
+		return nil // not behind
+	}
+	res, err := c.js.ResetConsumerToSequence(ctx, c.store.Name(), c.cfg.Name, seq)
+	if err != nil {
+		var apiErr *jetstream.APIError
+		if errors.Is(err, jetstream.ErrConsumerInvalidReset) || (errors.As(err, &apiErr) && apiErr.Code == 400) {
+			c.cfg.Logger.Warn("esnats: consumer cannot move back to its read model's position", "consumer", c.cfg.Name, "stream", c.store.Name(), "sequence", seq, "ack_floor", info.AckFloor.Stream, "error", err)
+			return nil
+		}
+		return fmt.Errorf("consumers: %q: moving back to sequence %d, its read model's position: %w", c.cfg.Name, seq, err)
+	}
+	c.lag.fromInfo(res.ConsumerInfo)
+	c.cfg.Logger.Info("esnats: consumer moved back to its read model's position", "consumer", c.cfg.Name, "stream", c.store.Name(), "resume_at", res.ResetSeq, "ack_floor_was", info.AckFloor.Stream)
+	return nil
+}
+
 // pull is one subscription of a consumer's messages.
 type pull struct {
 	cc      jetstream.ConsumeContext
@@ -701,6 +753,20 @@ func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg, seqs []uin
 		return ackUpTo(ctx, msgs[lastDone])
 	}
 	for i, m := range msgs {
+		if typ, ok := c.wantedType(m.Headers(), batchH, handlers); !ok {
+			// Not one of the types this consumer handles: acknowledged
+			// with the others, without being decoded, so that an event
+			// of a type this code does not know (or one that would not
+			// decode) is not treated as a poison.
+			if len(events) == 0 {
+				lastDone = i
+			}
+			if !c.store.Registry().Has(typ) {
+				c.cfg.Logger.Debug("esnats: consumer skipped an event of a type it has no handler for", "consumer", c.cfg.Name, "stream", c.store.Name(),
+					"subject", m.Subject(), "sequence", seqs[i], "event_type", typ)
+			}
+			continue
+		}
 		ev, err := c.store.Decode(m.Subject(), seqs[i], m.Headers(), m.Data())
 		if err != nil {
 			// Poison: undecodable. Handle what came before it, then apply
@@ -715,12 +781,6 @@ func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg, seqs []uin
 				return lastDone, err
 			}
 			lastDone = i
-			continue
-		}
-		if !c.wanted(ev, batchH, handlers) {
-			if len(events) == 0 {
-				lastDone = i
-			}
 			continue
 		}
 		events = append(events, ev)
@@ -742,12 +802,21 @@ func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg, seqs []uin
 	return lastDone, nil
 }
 
-func (c *Consumer) wanted(ev *stream.Event, batchH BatchHandler, handlers map[string]Handler) bool {
-	if batchH != nil {
-		return len(c.cfg.EventTypes) == 0 || slices.Contains(c.cfg.EventTypes, ev.Type)
+// wantedType reports whether the message, by its event type header (typ,
+// "" when missing), is one the handlers take: with a batch handler every
+// event, or those of Config.EventTypes; with per-type handlers those of a
+// type that has a handler. What is not wanted is acknowledged without being
+// decoded: with per-type handlers an event of an unregistered type, or with
+// no type at all, cannot be one a handler takes.
+func (c *Consumer) wantedType(h nats.Header, batchH BatchHandler, handlers map[string]Handler) (typ string, ok bool) {
+	if v := h[stream.HeaderEventType]; len(v) > 0 {
+		typ = v[0]
 	}
-	_, ok := handlers[ev.Type]
-	return ok
+	if batchH != nil {
+		return typ, len(c.cfg.EventTypes) == 0 || slices.Contains(c.cfg.EventTypes, typ)
+	}
+	_, ok = handlers[typ]
+	return typ, ok
 }
 
 // deliver hands events to the handlers with retries; an event that still

@@ -164,8 +164,12 @@ func TestConsumerCleanStopResumes(t *testing.T) {
 func TestConsumerParksPoisonEvent(t *testing.T) {
 	e := setup(t)
 	e.appendItems(t, 20)
-	// A message written by another client that cannot be decoded.
-	_, err := e.js.Publish(context.Background(), "shop.cart.zz", []byte("garbage"))
+	// A message written by another client that claims to be an ItemAdded
+	// (a type the consumer handles) and cannot be decoded.
+	bad := nats.NewMsg("shop.cart.zz")
+	bad.Header.Set(stream.HeaderEventType, "ItemAdded")
+	bad.Data = []byte("garbage")
+	_, err := e.js.PublishMsg(context.Background(), bad)
 	require.NoError(t, err)
 	e.appendItems(t, 5)
 
@@ -195,7 +199,7 @@ func TestConsumerParksPoisonEvent(t *testing.T) {
 	st, err := c.Status(context.Background())
 	require.NoError(t, err)
 	assert.EqualValues(t, 2, st.Parked)
-	assert.Contains(t, st.LastError, "Esnats-Type", "the last failure seen: the undecodable event")
+	assert.Contains(t, st.LastError, "Esnats-Version", "the last failure seen: the undecodable event")
 
 	dlq, err := e.js.Stream(context.Background(), "shop_dlq")
 	require.NoError(t, err)
@@ -210,7 +214,7 @@ func TestConsumerParksPoisonEvent(t *testing.T) {
 	assert.Equal(t, "21", m2.Header.Get(consumers.HeaderParkedSequence))
 	assert.Equal(t, "shop.cart.zz", m2.Header.Get(consumers.HeaderParkedSubject))
 	assert.Equal(t, []byte("garbage"), m2.Data)
-	assert.Contains(t, m2.Header.Get(consumers.HeaderParkedReason), "Esnats-Type")
+	assert.Contains(t, m2.Header.Get(consumers.HeaderParkedReason), "Esnats-Version")
 }
 
 func TestConsumerStopPolicy(t *testing.T) {
@@ -532,4 +536,105 @@ func TestConsumerKeepsAnOperatorsDeadLetterStream(t *testing.T) {
 	dlq, err := e.js.Stream(ctx, "shop_dlq")
 	require.NoError(t, err)
 	assert.Equal(t, time.Hour, dlq.CachedInfo().Config.MaxAge)
+}
+
+// publishRaw publishes a message as another client would: the headers
+// given (none: a plain publish) and body.
+func (e *env) publishRaw(t *testing.T, subject string, body []byte, headers ...string) uint64 {
+	t.Helper()
+	m := nats.NewMsg(subject)
+	for i := 0; i+1 < len(headers); i += 2 {
+		m.Header.Set(headers[i], headers[i+1])
+	}
+	m.Data = body
+	ack, err := e.js.PublishMsg(context.Background(), m)
+	require.NoError(t, err)
+	return ack.Sequence
+}
+
+// With per-type handlers, events no handler can take (a type the registry
+// does not know, no type at all, a registered type without a handler, even
+// undecodable) are acknowledged and skipped: never parked, never stopping
+// Run. A batch handler takes every event, so for it they stay poison.
+func TestConsumerSkipsTypesItHasNoHandlerFor(t *testing.T) {
+	e := setup(t)
+	e.appendItems(t, 5)
+	payload, err := stream.Msgpack().Marshal(ItemAdded{SKU: "x", Qty: 1})
+	require.NoError(t, err)
+	unknown := e.publishRaw(t, "shop.cart.u1", payload, stream.HeaderEventType, "NoSuchEvent", stream.HeaderVersion, "1",
+		stream.HeaderContentType, stream.ContentTypeMsgpack)
+	e.publishRaw(t, "shop.cart.u2", []byte("garbage")) // no headers at all
+	e.publishRaw(t, "shop.cart.u3", []byte("\xc1garbage"), stream.HeaderEventType, "OrderPlaced", stream.HeaderVersion, "1")
+	_, err = e.store.Append(context.Background(), stream.Aggregate{Type: "order", ID: "o1"}, stream.ExpectNone(), []stream.EventData{{Data: OrderPlaced{ID: "o1"}}})
+	require.NoError(t, err)
+	e.appendItems(t, 5)
+	last := e.lastSeq(t)
+
+	for _, policy := range []consumers.Failure{consumers.Park, consumers.Stop} {
+		name := map[consumers.Failure]string{consumers.Park: "typed-park", consumers.Stop: "typed-stop"}[policy]
+		t.Run(name, func(t *testing.T) {
+			c, err := consumers.New(e.js, e.store, consumers.Config{Name: name, OnFailure: policy, Retries: 1, BatchSize: 3})
+			require.NoError(t, err)
+			rec := newRecorder()
+			require.NoError(t, consumers.On(c, func(_ context.Context, ev *stream.Event, _ ItemAdded) error { rec.add(ev.Sequence); return nil }))
+			ctx, cancel := context.WithCancel(context.Background())
+			done := runAsync(ctx, c)
+			require.Eventually(t, func() bool {
+				st, err := c.Status(context.Background())
+				return err == nil && st.Position == last
+			}, 10*time.Second, 10*time.Millisecond, "acknowledged up to the last event")
+			select {
+			case err := <-done:
+				t.Fatalf("Run returned: %v", err)
+			default:
+			}
+			cancel()
+			require.NoError(t, <-done)
+			assert.Equal(t, 10, rec.count(), "every ItemAdded handled")
+			assert.Zero(t, rec.duplicates())
+			st, err := c.Status(context.Background())
+			require.NoError(t, err)
+			assert.Zero(t, st.Parked)
+			assert.Empty(t, st.LastError)
+		})
+	}
+	dlq, err := e.js.Stream(context.Background(), "shop_dlq")
+	require.NoError(t, err)
+	info, err := dlq.Info(context.Background())
+	require.NoError(t, err)
+	assert.Zero(t, info.State.Msgs, "nothing parked")
+
+	t.Run("batch", func(t *testing.T) {
+		// Every event: the unknown type stops it.
+		c, err := consumers.New(e.js, e.store, consumers.Config{Name: "batch-all", OnFailure: consumers.Stop, Retries: 1})
+		require.NoError(t, err)
+		c.HandleBatch(func(context.Context, []*stream.Event) error { return nil })
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		err = c.Run(ctx)
+		require.ErrorIs(t, err, stream.ErrUnknownEventType)
+		var se *stream.Error
+		require.ErrorAs(t, err, &se)
+		assert.Equal(t, unknown, se.Sequence)
+		assert.Equal(t, "shop.cart.u1", se.Subject)
+
+		// Only ItemAdded: the others are skipped.
+		c, err = consumers.New(e.js, e.store, consumers.Config{Name: "batch-items", OnFailure: consumers.Stop, Retries: 1, EventTypes: []string{"ItemAdded"}})
+		require.NoError(t, err)
+		rec := newRecorder()
+		c.HandleBatch(func(_ context.Context, evs []*stream.Event) error {
+			for _, ev := range evs {
+				rec.add(ev.Sequence)
+			}
+			return nil
+		})
+		done := runAsync(ctx, c)
+		require.Eventually(t, func() bool { return rec.count() == 10 }, 10*time.Second, 10*time.Millisecond)
+		require.Eventually(t, func() bool {
+			st, err := c.Status(context.Background())
+			return err == nil && st.Position == last
+		}, 10*time.Second, 10*time.Millisecond)
+		cancel()
+		require.NoError(t, <-done)
+	})
 }

@@ -16,9 +16,15 @@
 //   - Handle sets the handler of one event type, and On a typed one
 //     (func(ctx, ev, data T) error, T being a type registered on the store's
 //     registry). Events of types without a handler are acknowledged without
-//     a call.
+//     a call and without being decoded: so are events of types the registry
+//     does not know, and messages with no Esnats-Type header, since no
+//     handler can be theirs. They are never parked and never stop Run.
 //   - HandleBatch sets one handler for whole batches (of Config.EventTypes,
-//     if set), for read models that write a batch at a time.
+//     if set), for read models that write a batch at a time. Events of other
+//     types than Config.EventTypes are acknowledged without being decoded;
+//     without Config.EventTypes the batch handler takes every event, so an
+//     event that cannot be decoded (an unknown type among them) gets the
+//     failure policy.
 //
 // # Position and delivery guarantees
 //
@@ -47,8 +53,9 @@
 // (100ms) up to Config.MaxBackoff (5s); meanwhile the server is told the
 // batch is in progress. A failing batch handler is then called one event at
 // a time, to find the event that fails. An event that still fails, or that
-// cannot be decoded (unknown event type, bad payload written by another
-// client), gets the failure policy, Config.OnFailure:
+// a handler would take but that cannot be decoded (unknown event type for a
+// batch handler, bad payload written by another client), gets the failure
+// policy, Config.OnFailure:
 //
 //   - Park (the default) publishes the event to the dead-letter stream and
 //     goes on with the next one. The stream is Config.DeadLetter, default

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/esnats/esnats/internal/jsapi"
@@ -90,7 +91,7 @@ type Config struct {
 func (c Config) Validate() error {
 	if c.Bucket != "" {
 		if err := stream.ValidateName("bucket", c.Bucket); err != nil {
-			return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+			return fmt.Errorf("%w: %w", ErrInvalidConfig, unprefixed{err})
 		}
 	}
 	switch {
@@ -223,3 +224,10 @@ func waitReadable(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyV
 		delay = min(2*delay, 200*time.Millisecond)
 	}
 }
+
+// unprefixed is err without the leading "esnats: " of its text, for an
+// error quoted inside another esnats error; errors.Is and As still see err.
+type unprefixed struct{ err error }
+
+func (u unprefixed) Error() string { return strings.TrimPrefix(u.err.Error(), "esnats: ") }
+func (u unprefixed) Unwrap() error { return u.err }

@@ -10,6 +10,13 @@
 // (the aggregate repository) treat any Get error as "no snapshot", log it
 // and replay the events; the next Put replaces the bad value.
 //
+// A well-formed snapshot can still be ahead of its stream (left behind by
+// stream.Store.Purge, or from a bucket restored from a newer backup): kv
+// cannot know, since it never reads the stream. The repository checks that
+// the stream holds the event a snapshot names (Snapshot.Sequence, at
+// Snapshot.Version), and deletes a snapshot that fails the check: Put alone
+// would not replace it, since its Version is higher.
+//
 // Store keeps snapshots in a KV bucket (default "esnats_snapshots"), one key
 // per aggregate. Memory keeps them in process, with the same semantics, for
 // tests. Both implement Snapshots, the interface the repository uses.

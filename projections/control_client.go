@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/esnats/esnats/internal/natserr"
 	"github.com/esnats/esnats/stream"
 )
 
@@ -36,6 +37,7 @@ const (
 type ControlClient struct {
 	nc       *nats.Conn
 	store    string
+	inbox    string // the connection's reply inbox prefix, "_INBOX."
 	timeout  time.Duration
 	window   time.Duration
 	idle     time.Duration
@@ -90,6 +92,9 @@ func NewControlClient(nc *nats.Conn, store string, opts ...ControlOption) (*Cont
 		return nil, errors.New("projections: NewControlClient: nil connection")
 	}
 	c := &ControlClient{nc: nc, store: store, timeout: DefaultControlTimeout, window: DefaultGatherWindow, idle: DefaultProgressTimeout}
+	if in := nc.NewInbox(); strings.LastIndexByte(in, '.') > 0 {
+		c.inbox = in[:strings.LastIndexByte(in, '.')+1]
+	}
 	for _, opt := range opts {
 		opt(c)
 	}
@@ -135,11 +140,150 @@ func isNoResponders(m *nats.Msg) bool {
 	return len(m.Data) == 0 && m.Header.Get("Status") == "503"
 }
 
+// ErrPermissionDenied: the NATS server refused the connection what a
+// control request needs, for lack of permission: publishing the request,
+// or subscribing to its reply inbox. The error is a *PermissionError, which
+// also matches nats.ErrPermissionViolation.
+var ErrPermissionDenied = errors.New("projections: permission denied")
+
+// PermissionError is a control request that the NATS server refused the
+// client's connection. A refused publish is dropped by the server, which
+// tells the client only asynchronously (nats.ErrorHandler); the client
+// watches for that (see internal/natserr) while it waits for the reply,
+// and fails at once instead of waiting for its timeout. It unwraps to
+// ErrPermissionDenied and to the error nats.go reported (which matches
+// nats.ErrPermissionViolation).
+type PermissionError struct {
+	Op         string // "discover", "status", "rebuild" or "reset"
+	Store      string
+	Projection string // rebuild and reset
+	Instance   string // rebuild and reset: the worker asked
+	// Subject is the subject the server refused: the request's, or with
+	// Reply the reply inbox's.
+	Subject string
+	// Reply: the subscription to the reply inbox was refused, so the reply
+	// (or a rebuild's progress) was dropped. The request itself may have
+	// been carried out. Otherwise the request was never delivered and
+	// nothing was done.
+	Reply bool
+	Err   error // as nats.go reported it
+
+	requested bool // a rebuild or reset request was sent
+}
+
+// Error says what was refused, and what it means for the request.
+func (e *PermissionError) Error() string {
+	var what string
+	switch e.Op {
+	case "discover":
+		what = fmt.Sprintf("finding the workers of store %q", e.Store)
+	case "status":
+		what = fmt.Sprintf("status of store %q", e.Store)
+	default:
+		what = fmt.Sprintf("%s %q on worker %s", e.Op, e.Projection, e.Instance)
+	}
+	if e.Reply {
+		done := "the reply was dropped"
+		switch {
+		case e.requested:
+			done = "the reply was dropped, but the request may have been carried out (see the status)"
+		case e.Op == "rebuild" || e.Op == "reset":
+			done = "nothing was requested"
+		}
+		return fmt.Sprintf("projections: %s: permission denied: the server refused the subscription to the reply inbox %q, so %s; connect with an inbox prefix the user may subscribe to (nats.CustomInboxPrefix, esnats --inbox-prefix)", what, e.Subject, done)
+	}
+	return fmt.Sprintf("projections: %s: permission denied: the server refused to let this connection publish to %q; the request was dropped, nothing was done", what, e.Subject)
+}
+
+// Unwrap returns ErrPermissionDenied and the error nats.go reported.
+func (e *PermissionError) Unwrap() []error {
+	if e.Err == nil {
+		return []error{ErrPermissionDenied}
+	}
+	return []error{ErrPermissionDenied, e.Err}
+}
+
+// refusalPoll is how often a waiting request looks at the connection's
+// last error.
+const refusalPoll = 10 * time.Millisecond
+
+// refusal watches the connection for the server refusing a request: a
+// publish to one of its subjects, or a subscription to a reply inbox of
+// the connection, reported after the refusal was made.
+type refusal struct {
+	ctx      context.Context // ends, with a *PermissionError as cause, at a refusal
+	w        natserr.Watch
+	subjects []string
+	inbox    string
+	tmpl     PermissionError
+	stop     func()
+}
+
+// watch starts watching for the refusal of a request (described by tmpl)
+// that publishes to subjects; call it before the request is sent, and
+// stop the result when done.
+func (c *ControlClient) watch(ctx context.Context, tmpl PermissionError, subjects ...string) *refusal {
+	tmpl.Store = c.store
+	r := &refusal{w: natserr.NewWatch(c.nc), subjects: subjects, inbox: c.inbox, tmpl: tmpl}
+	ctx, cancel := context.WithCancelCause(ctx)
+	r.ctx = ctx
+	done := make(chan struct{})
+	r.stop = func() {
+		close(done)
+		cancel(nil)
+	}
+	go func() {
+		t := time.NewTicker(refusalPoll)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if pe := r.check(); pe != nil {
+					cancel(pe)
+					return
+				}
+			}
+		}
+	}()
+	return r
+}
+
+// check returns the refusal reported so far, nil if none.
+func (r *refusal) check() *PermissionError {
+	v, ok := r.w.Denied(r.subjects, r.inbox)
+	if !ok {
+		return nil
+	}
+	pe := r.tmpl
+	pe.Subject, pe.Reply, pe.Err = v.Subject, v.Op == natserr.Subscribe, v.Err
+	return &pe
+}
+
+// err returns the refusal that ended the watch, or one reported since:
+// nil if none.
+func (r *refusal) err() error {
+	var pe *PermissionError
+	if errors.As(context.Cause(r.ctx), &pe) {
+		return pe
+	}
+	if pe := r.check(); pe != nil {
+		return pe
+	}
+	return nil
+}
+
 // gather publishes data on subject with a new reply inbox and collects the
 // answers: it waits up to first for the first one, then up to next for
 // each following one, until enough says so or ctx ends. The server's
-// no-responders notice ends it at once.
-func (c *ControlClient) gather(ctx context.Context, subject string, data []byte, first, next time.Duration, enough func([]*nats.Msg) bool) ([]*nats.Msg, error) {
+// no-responders notice ends it at once, and so does a refusal (a
+// *PermissionError for op).
+func (c *ControlClient) gather(ctx context.Context, op, subject string, data []byte, first, next time.Duration, enough func([]*nats.Msg) bool) ([]*nats.Msg, error) {
+	r := c.watch(ctx, PermissionError{Op: op}, subject)
+	defer r.stop()
 	inbox := c.nc.NewInbox()
 	sub, err := c.nc.SubscribeSync(inbox)
 	if err != nil {
@@ -152,12 +296,17 @@ func (c *ControlClient) gather(ctx context.Context, subject string, data []byte,
 	var out []*nats.Msg
 	wait := first
 	for {
-		wctx, cancel := context.WithTimeout(ctx, wait)
+		wctx, cancel := context.WithTimeout(r.ctx, wait)
 		m, err := sub.NextMsgWithContext(wctx)
 		cancel()
 		if err != nil {
-			if len(out) == 0 && ctx.Err() != nil {
-				return nil, fmt.Errorf("projections: control of store %q: %w", c.store, ctx.Err())
+			if len(out) == 0 {
+				if err := r.err(); err != nil {
+					return nil, err
+				}
+				if ctx.Err() != nil {
+					return nil, fmt.Errorf("projections: control of store %q: %w", c.store, ctx.Err())
+				}
 			}
 			return out, nil // the wait is over
 		}
@@ -179,7 +328,7 @@ func (c *ControlClient) discover(ctx context.Context) (map[string]bool, error) {
 	if err != nil {
 		return nil, err
 	}
-	msgs, err := c.gather(ctx, subject, nil, c.timeout, c.window, nil)
+	msgs, err := c.gather(ctx, "discover", subject, nil, c.timeout, c.window, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -206,7 +355,9 @@ func (c *ControlClient) noWorker() error {
 // projection.
 //
 // Errors: ErrNoWorker when no worker process answers (at once when no
-// control service is registered at all), ctx's.
+// control service is registered at all), ErrPermissionDenied (a
+// *PermissionError, at once) when the server refuses the connection the
+// discovery or STATUS request or their reply inbox, ctx's.
 func (c *ControlClient) Status(ctx context.Context) ([]InstanceStatus, error) {
 	ids, err := c.discover(ctx)
 	if err != nil {
@@ -214,7 +365,7 @@ func (c *ControlClient) Status(ctx context.Context) ([]InstanceStatus, error) {
 	}
 	answered := map[string]bool{}
 	var out []InstanceStatus
-	_, err = c.gather(ctx, controlSubject(c.store, "STATUS"), nil, c.timeout, c.timeout, func(ms []*nats.Msg) bool {
+	_, err = c.gather(ctx, "status", controlSubject(c.store, "STATUS"), nil, c.timeout, c.timeout, func(ms []*nats.Msg) bool {
 		var st InstanceStatus
 		if json.Unmarshal(ms[len(ms)-1].Data, &st) != nil || st.Instance == "" || answered[st.Instance] {
 			return false
@@ -291,9 +442,16 @@ func (c *ControlClient) locate(ctx context.Context, name string) (InstanceStatus
 func (c *ControlClient) request(ctx context.Context, op string, target InstanceStatus, body controlRequest, hdr nats.Header) (controlReply, error) {
 	data, _ := json.Marshal(body)
 	msg := &nats.Msg{Subject: controlSubject(c.store, strings.ToUpper(op)+"."+target.Instance), Data: data, Header: hdr}
-	rctx, cancel := context.WithTimeout(ctx, c.timeout)
+	r := c.watch(ctx, PermissionError{Op: op, Projection: body.Name, Instance: target.Instance, requested: true}, msg.Subject)
+	defer r.stop()
+	rctx, cancel := context.WithTimeout(r.ctx, c.timeout)
 	defer cancel()
 	resp, err := c.nc.RequestMsgWithContext(rctx, msg)
+	if err != nil {
+		if perr := r.err(); perr != nil {
+			return controlReply{}, perr
+		}
+	}
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
 		return controlReply{}, fmt.Errorf("%w: worker %s of store %q is gone", ErrNoWorker, target.Instance, c.store)
@@ -321,10 +479,15 @@ func (c *ControlClient) request(ctx context.Context, op string, target InstanceS
 // stop with an error when it switches over (their consumer is replaced);
 // restart them (see docs/projections.md).
 //
+// A request the server refuses for lack of permission (publishing to
+// $ESNATS.PROJ.<store>.REBUILD.<instance>, or subscribing to the progress
+// or reply inbox) fails at once with ErrPermissionDenied, instead of
+// waiting for a reply that cannot come.
+//
 // Errors: ErrNoWorker (no worker answered, or the one rebuilding sent
 // nothing for the progress timeout), ErrUnknownProjection, ErrNoFresh,
-// ErrBusy (a rebuild or reset of it is in progress), a *ControlError with
-// the worker's failure, ctx's.
+// ErrBusy (a rebuild or reset of it is in progress), ErrPermissionDenied
+// (a *PermissionError), a *ControlError with the worker's failure, ctx's.
 func (c *ControlClient) Rebuild(ctx context.Context, name string, progress func(Progress)) error {
 	if progress == nil {
 		progress = func(Progress) {}
@@ -333,22 +496,41 @@ func (c *ControlClient) Rebuild(ctx context.Context, name string, progress func(
 	if err != nil {
 		return err
 	}
+	// The progress inbox is subscribed to first, and the subscription
+	// confirmed by a round trip (the server's refusal comes before its
+	// answer): a user who may not receive the progress is told so before
+	// anything is asked of the worker.
+	r := c.watch(ctx, PermissionError{Op: "rebuild", Projection: name, Instance: target.Instance})
+	defer r.stop()
 	inbox := c.nc.NewInbox()
 	sub, err := c.nc.SubscribeSync(inbox)
 	if err != nil {
 		return fmt.Errorf("projections: rebuild %q: %w", name, err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
+	fctx, cancel := context.WithTimeout(ctx, c.timeout)
+	err = c.nc.FlushWithContext(fctx)
+	cancel()
+	if perr := r.err(); perr != nil {
+		return perr
+	}
+	if err != nil {
+		return fmt.Errorf("projections: rebuild %q: %w", name, err)
+	}
 	hdr := nats.Header{}
 	hdr.Set(HeaderProgress, inbox)
 	if _, err := c.request(ctx, "rebuild", target, controlRequest{Name: name}, hdr); err != nil {
 		return err
 	}
 	for {
-		wctx, cancel := context.WithTimeout(ctx, c.idle)
+		wctx, cancel := context.WithTimeout(r.ctx, c.idle)
 		m, err := sub.NextMsgWithContext(wctx)
 		cancel()
 		if err != nil {
+			if perr := r.err(); perr != nil {
+				perr.(*PermissionError).requested = true
+				return perr
+			}
 			switch {
 			case ctx.Err() != nil:
 				return fmt.Errorf("projections: rebuild %q on worker %s: stopped waiting (the rebuild goes on): %w", name, target.Instance, ctx.Err())
@@ -385,8 +567,12 @@ func (c *ControlClient) Rebuild(ctx context.Context, name string, progress func(
 // runs it: stop the others first. (A raw RESET request does not check
 // this.)
 //
-// Errors: ErrNoWorker, ErrUnknownProjection, ErrBusy, ErrInvalidReset, a
-// *ControlError with the worker's failure, ctx's.
+// A RESET the server refuses for lack of permission fails at once with
+// ErrPermissionDenied (a *PermissionError), instead of waiting for the
+// control timeout.
+//
+// Errors: ErrNoWorker, ErrUnknownProjection, ErrBusy, ErrInvalidReset,
+// ErrPermissionDenied, a *ControlError with the worker's failure, ctx's.
 func (c *ControlClient) Reset(ctx context.Context, name string, seq uint64) error {
 	target, have, err := c.locate(ctx, name)
 	if err != nil {

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -33,7 +35,13 @@ type controlWorker struct {
 // t.Cleanup.
 func startWorker(t *testing.T, e *runnerEnv, projs ...projections.Projection) *controlWorker {
 	t.Helper()
-	nc, js := embedded.MustJetStream(t, e.srv)
+	return startWorkerAs(t, e, nil, projs...)
+}
+
+// startWorkerAs is startWorker with a connection made with opts (a login).
+func startWorkerAs(t *testing.T, e *runnerEnv, opts []nats.Option, projs ...projections.Projection) *controlWorker {
+	t.Helper()
+	nc, js := embedded.MustJetStream(t, e.srv, opts...)
 	st, err := stream.OpenStore(context.Background(), js, stream.Config{Name: "shop", Registry: runnerRegistry()})
 	require.NoError(t, err)
 	r := projections.NewRunner(js, st, nil)
@@ -376,4 +384,92 @@ func TestControlServeStopsWithContext(t *testing.T) {
 	require.ErrorIs(t, err, nats.ErrNoResponders, "the micro service is gone")
 	_, err = other.Request("$ESNATS.PROJ.shop.STATUS", nil, time.Second)
 	require.ErrorIs(t, err, nats.ErrNoResponders)
+}
+
+// TestControlRefused: control requests that the server refuses the
+// client's connection for lack of permission fail at once with
+// ErrPermissionDenied (a *PermissionError naming the subject, matching
+// nats.ErrPermissionViolation), instead of waiting for the control timeout
+// (30s here) for a reply that cannot come.
+func TestControlRefused(t *testing.T) {
+	srv := embedded.RunServer(t, func(o *embedded.Options) {
+		o.Configure = func(so *server.Options) {
+			so.Users = []*server.User{
+				{Username: "worker", Password: "w"},
+				// May look (STATUS), not act (REBUILD, RESET).
+				{Username: "look", Password: "l", Permissions: &server.Permissions{
+					Publish:   &server.SubjectPermission{Allow: []string{"$SRV.PING.esnats-projections", "$ESNATS.PROJ.shop.STATUS"}},
+					Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+				}},
+				// May ask anything, but receive only on its own inbox prefix.
+				{Username: "private", Password: "p", Permissions: &server.Permissions{
+					Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX_private.>"}},
+				}},
+			}
+		}
+	})
+	worker := nats.UserInfo("worker", "w")
+	_, js := embedded.MustJetStream(t, srv, worker)
+	st, err := stream.NewStore(context.Background(), js, stream.Config{Name: "shop", Registry: runnerRegistry()})
+	require.NoError(t, err)
+	e := &runnerEnv{srv: srv, js: js, store: st}
+	e.fill(t, 0, 20)
+	live := perSKU()
+	w := startWorkerAs(t, e, []nats.Option{worker}, projections.Projection{Name: "per-sku", Model: live,
+		Fresh: func(context.Context) (projections.ReadModel, error) { return perSKU(), nil }})
+	waitLag0(t, w.runner, "per-sku")
+	ctx := context.Background()
+	client := func(opts ...nats.Option) *projections.ControlClient {
+		opts = append(opts, nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+		c, err := projections.NewControlClient(embedded.MustConnect(t, srv, opts...), "shop",
+			projections.WithControlTimeout(30*time.Second), projections.WithGatherWindow(100*time.Millisecond))
+		require.NoError(t, err)
+		return c
+	}
+
+	look := client(nats.UserInfo("look", "l"))
+	sts, err := look.Status(ctx)
+	require.NoError(t, err)
+	require.Len(t, sts, 1)
+	id := w.svc.ID()
+	for _, op := range []struct {
+		name string
+		call func() error
+	}{
+		{"rebuild", func() error { return look.Rebuild(ctx, "per-sku", nil) }},
+		{"reset", func() error { return look.Reset(ctx, "per-sku", 0) }},
+	} {
+		start := time.Now()
+		err := op.call()
+		took := time.Since(start)
+		require.ErrorIs(t, err, projections.ErrPermissionDenied, op.name)
+		require.ErrorIs(t, err, nats.ErrPermissionViolation, op.name)
+		var pe *projections.PermissionError
+		require.ErrorAs(t, err, &pe)
+		subject := "$ESNATS.PROJ.shop." + strings.ToUpper(op.name) + "." + id
+		assert.Equal(t, []string{op.name, "shop", "per-sku", id, subject}, []string{pe.Op, pe.Store, pe.Projection, pe.Instance, pe.Subject})
+		assert.False(t, pe.Reply)
+		assert.EqualError(t, err, "projections: "+op.name+` "per-sku" on worker `+id+`: permission denied: the server refused to let this connection publish to "`+subject+`"; the request was dropped, nothing was done`)
+		assert.Less(t, took, 3*time.Second, "%s: refused at once, not after the 30s control timeout", op.name)
+	}
+	m, err := w.runner.Model("per-sku")
+	require.NoError(t, err)
+	assert.Same(t, live, m, "nothing was rebuilt")
+
+	// The reply inbox: the default one is refused to "private", whose
+	// requests cannot be answered; with its own prefix it works.
+	start := time.Now()
+	_, err = client(nats.UserInfo("private", "p")).Status(ctx)
+	took := time.Since(start)
+	require.ErrorIs(t, err, projections.ErrPermissionDenied)
+	var pe *projections.PermissionError
+	require.ErrorAs(t, err, &pe)
+	assert.Equal(t, "discover", pe.Op)
+	assert.True(t, pe.Reply)
+	assert.True(t, strings.HasPrefix(pe.Subject, "_INBOX."), pe.Subject)
+	assert.EqualError(t, err, `projections: finding the workers of store "shop": permission denied: the server refused the subscription to the reply inbox "`+pe.Subject+`", so the reply was dropped; connect with an inbox prefix the user may subscribe to (nats.CustomInboxPrefix, esnats --inbox-prefix)`)
+	assert.Less(t, took, 3*time.Second, "refused at once, not after the 30s control timeout")
+	sts, err = client(nats.UserInfo("private", "p"), nats.CustomInboxPrefix("_INBOX_private")).Status(ctx)
+	require.NoError(t, err)
+	assert.Len(t, sts, 1)
 }

@@ -46,7 +46,10 @@ func ExampleRunner_Serve() {
 	}
 	workers, err := client.Status(ctx)
 	if err != nil {
-		panic(err) // projections.ErrNoWorker if no worker serves the store
+		// projections.ErrNoWorker if no worker serves the store;
+		// projections.ErrPermissionDenied (at once) if the server refuses
+		// this connection the request or its reply inbox.
+		panic(err)
 	}
 	for _, w := range workers {
 		for _, p := range w.Projections {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/esnats/esnats/internal/natserr"
 	"github.com/esnats/esnats/internal/telemetry"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -35,10 +36,18 @@ type prepared struct {
 // batch (all or none). Events are numbered from the expected revision's
 // version + 1.
 //
-// Errors: ErrInvalidID, ErrInvalidName, ErrUnknownEventType, ErrEncode,
-// ErrTooLarge, ErrTooManyEvents before any I/O; *ConflictError (ErrConflict)
+// Errors: ErrInvalidID, ErrInvalidName, ErrInvalidEventID,
+// ErrUnknownEventType, ErrEncode, ErrTooLarge, ErrTooManyEvents before any
+// I/O (also with ExpectAny, which reads the last revision only after the
+// events were encoded and checked); *ConflictError (ErrConflict)
 // when another writer got in first; ErrNotFound when the stream does not
-// exist; ErrIndeterminate when the server could not be asked what landed.
+// exist; ErrPermissionDenied (also matching nats.ErrPermissionViolation)
+// when the connection may not publish to the aggregate's subject: the
+// server refused the events and nothing was stored, reported as soon as the
+// server's notice arrives, without a resend; ErrIndeterminate when the
+// server could not be asked what landed (the error says so when the reason
+// is a refused subscription to the connection's reply inbox, which drops
+// every acknowledgement).
 //
 // Retries: on a timeout or lost connection Append resends the same events
 // with the same ids and expectation; the server's duplicate window and the
@@ -105,6 +114,14 @@ func (s *Store) AppendBatch(ctx context.Context, reqs []AppendRequest, opts ...A
 			return nil, err
 		}
 	}
+	// Every event is encoded (and so checked: registered type, payload,
+	// size) before any I/O, also with ExpectAny, whose events are then
+	// numbered again from the revision read.
+	for _, p := range ps {
+		if err := s.encode(p, &meta); err != nil {
+			return nil, err
+		}
+	}
 	for attempt := 1; ; attempt++ {
 		anyExpect := false
 		for _, p := range ps {
@@ -113,9 +130,9 @@ func (s *Store) AppendBatch(ctx context.Context, reqs []AppendRequest, opts ...A
 				if p.rev, err = s.lastRevision(ctx, p.filter); err != nil {
 					return nil, err
 				}
-			}
-			if err := s.encode(p, &meta); err != nil {
-				return nil, err
+				if err := s.renumber(p); err != nil {
+					return nil, err
+				}
 			}
 		}
 		var res []AppendResult
@@ -183,7 +200,7 @@ func (s *Store) prepare(reqs []AppendRequest) ([]*prepared, error) {
 		}
 		for _, id := range p.ids {
 			if seenID[id] {
-				return nil, &Error{Op: "append", Subject: p.filter, Err: fmt.Errorf("%w: event id %q appears twice in one append", ErrInvalidID, id)}
+				return nil, &Error{Op: "append", Subject: p.filter, Err: fmt.Errorf("%w: %q appears twice in one append", ErrInvalidEventID, id)}
 			}
 			seenID[id] = true
 		}
@@ -212,6 +229,21 @@ func (s *Store) encode(p *prepared, meta *eventMeta) error {
 	return nil
 }
 
+// renumber numbers p's encoded events again from p.rev (read for
+// ExpectAny) and sets the expected sequence of the first. The events keep
+// their ids, payloads and time. A version with more digits makes an event a
+// few bytes larger: it is checked against MaxEventSize again.
+func (s *Store) renumber(p *prepared) error {
+	for j, m := range p.enc {
+		m.Header[HeaderVersion] = []string{strconv.FormatUint(p.rev.Version+uint64(j)+1, 10)}
+		if err := checkEventSize(m, s.cfg.MaxEventSize); err != nil {
+			return err
+		}
+	}
+	p.enc[0].Header[jetstream.ExpectedLastSubjSeqHeader] = []string{strconv.FormatUint(p.rev.Sequence, 10)}
+	return nil
+}
+
 // errClass sorts publish errors by what they say about the outcome.
 type errClass int
 
@@ -222,9 +254,14 @@ const (
 	classUnavailable          // not received by a stream: safe to resend
 	classTooLarge
 	classNoStream
+	classDenied // refused for lack of permission: not stored
 )
 
 func classify(err error) errClass {
+	var pd *publishDenied
+	if errors.As(err, &pd) {
+		return classDenied
+	}
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) {
 		switch apiErr.ErrorCode {
@@ -287,7 +324,7 @@ func (s *Store) send(ctx context.Context, ps []*prepared, o appendOptions, uncer
 		// Each attempt waits at most the JetStream default timeout, so a
 		// lost answer leaves time to resend within the caller's deadline.
 		actx, cancel := context.WithTimeout(pctx, s.js.Options().DefaultTimeout)
-		firstSeq, dup, err := s.publish(actx, msgs)
+		firstSeq, dup, err := s.publish(actx, cancel, msgs)
 		cancel()
 		if err == nil {
 			if dup {
@@ -299,6 +336,12 @@ func (s *Store) send(ctx context.Context, ps []*prepared, o appendOptions, uncer
 		}
 		lastErr = err
 		switch classify(err) {
+		case classDenied:
+			// A refused publish is never stored: whatever an earlier
+			// attempt did, it was refused too.
+			var pd *publishDenied
+			errors.As(err, &pd)
+			return nil, permissionDenied(pd.v)
 		case classTooLarge:
 			return nil, &Error{Op: "append", Subject: first, Err: fmt.Errorf("%w: %v", ErrTooLarge, err)}
 		case classNoStream:
@@ -307,7 +350,7 @@ func (s *Store) send(ctx context.Context, ps []*prepared, o appendOptions, uncer
 			landed, firstSeq, conflict, verr := s.verify(pctx, ps)
 			switch {
 			case verr != nil:
-				return nil, s.indeterminate(first, uncertain, fmt.Errorf("%v; then reading what landed failed: %w", err, verr))
+				return nil, s.indeterminate(first, uncertain, fmt.Errorf("%v; then reading what landed failed: %w", bare(err), bare(verr)))
 			case landed:
 				return results(ps, firstSeq, true), nil
 			case conflict != nil:
@@ -382,7 +425,7 @@ func (s *Store) findLanded(ctx context.Context, ps []*prepared) ([]AppendResult,
 	for attempt := 1; attempt <= 5; attempt++ {
 		raws, err := s.getBatchSince(ctx, p.filter, since)
 		if err != nil {
-			return nil, &Error{Op: "append", Subject: p.filter, Err: fmt.Errorf("%w: the server holds these event ids, but reading where failed: %v", ErrIndeterminate, err)}
+			return nil, &Error{Op: "append", Subject: p.filter, Err: fmt.Errorf("%w: the server holds these event ids, but reading where failed: %v", ErrIndeterminate, bare(err))}
 		}
 		for _, m := range raws {
 			if m.Header.Get(HeaderEventID) == p.ids[0] {
@@ -401,19 +444,46 @@ func (s *Store) findLanded(ctx context.Context, ps []*prepared) ([]AppendResult,
 }
 
 func (s *Store) noStream(subject string, err error) error {
-	return &Error{Op: "append", Subject: subject, Err: fmt.Errorf("%w: stream %q does not exist or does not listen on this subject (create the store with NewStore): %v", ErrNotFound, s.cfg.Name, err)}
+	return &Error{Op: "append", Subject: subject, Err: fmt.Errorf("%w: stream %q does not exist or does not listen on this subject (create the store with NewStore): %v", ErrNotFound, s.cfg.Name, bare(err))}
 }
 
+// indeterminate is the error of an append whose outcome could not be
+// learnt (when uncertain: it may have landed). When the server refused the
+// connection's reply subscription, which makes every acknowledgement get
+// lost, the error says so.
 func (s *Store) indeterminate(subject string, uncertain bool, err error) error {
+	note := s.replyViolation(err)
 	if !uncertain {
+		if note != "" {
+			err = fmt.Errorf("%w%s", err, note)
+		}
 		return &Error{Op: "append", Subject: subject, Err: err}
 	}
-	return &Error{Op: "append", Subject: subject, Err: fmt.Errorf("%w: %v", ErrIndeterminate, err)}
+	return &Error{Op: "append", Subject: subject, Err: fmt.Errorf("%w: %v%s", ErrIndeterminate, bare(err), note)}
 }
 
 // publish sends msgs: one message as a plain JetStream publish, several as
-// one atomic batch. It returns the sequence of the first message.
-func (s *Store) publish(ctx context.Context, msgs []*nats.Msg) (uint64, bool, error) {
+// one atomic batch. It returns the sequence of the first message. cancel
+// must end ctx: it is called when the server refuses the publish for lack
+// of permission (see watchDenied), and the error is then a *publishDenied.
+// A refused reply subscription makes the error a *replyDenied wrapping the
+// request's own.
+func (s *Store) publish(ctx context.Context, cancel context.CancelFunc, msgs []*nats.Msg) (uint64, bool, error) {
+	d := s.watchDenied(ctx, cancel, msgs)
+	seq, dup, err := s.publishMsgs(ctx, msgs)
+	d.stop()
+	if err != nil {
+		if v, ok := d.denied(msgs, s.inbox); ok {
+			if v.Op == natserr.Publish {
+				return 0, false, &publishDenied{v: v, err: err}
+			}
+			return 0, false, &replyDenied{v: v, err: err}
+		}
+	}
+	return seq, dup, err
+}
+
+func (s *Store) publishMsgs(ctx context.Context, msgs []*nats.Msg) (uint64, bool, error) {
 	if len(msgs) == 1 {
 		// A message sent before in a group-commit batch still carries
 		// that batch's headers, which would make it a batch of its own.
@@ -471,18 +541,18 @@ func (s *Store) landedAt(ctx context.Context, ps []*prepared, firstSeq uint64) (
 		err = fmt.Errorf("%w: message at sequence %d", ErrNotFound, firstSeq)
 	}
 	if err != nil {
-		return nil, &Error{Op: "append", Subject: ps[0].filter, Sequence: firstSeq, Err: fmt.Errorf("%w: stored as a duplicate, but reading it back failed: %v", ErrIndeterminate, err)}
+		return nil, &Error{Op: "append", Subject: ps[0].filter, Sequence: firstSeq, Err: fmt.Errorf("%w: stored as a duplicate, but reading it back failed: %v", ErrIndeterminate, bare(err))}
 	}
 	if m.Subject != ps[0].filter || m.Header.Get(HeaderEventID) != ps[0].ids[0] {
 		return nil, &Error{Op: "append", Subject: ps[0].filter, Sequence: firstSeq,
-			Err: fmt.Errorf("%w: event id %q is already stored on %s within the duplicate window", ErrInvalidID, ps[0].ids[0], m.Subject)}
+			Err: fmt.Errorf("%w: %q is already stored on %s within the duplicate window", ErrInvalidEventID, ps[0].ids[0], m.Subject)}
 	}
 	out := results(ps, firstSeq, true)
 	// Versions as stored: read the first event of each aggregate.
 	for i := range ps {
 		if i > 0 {
 			if m, err = s.leaderGet(ctx, msgGetRequest{Seq: out[i].First.Sequence}); err != nil || m == nil {
-				return nil, &Error{Op: "append", Subject: ps[i].filter, Sequence: out[i].First.Sequence, Err: fmt.Errorf("%w: stored as a duplicate, but reading it back failed: %v", ErrIndeterminate, err)}
+				return nil, &Error{Op: "append", Subject: ps[i].filter, Sequence: out[i].First.Sequence, Err: fmt.Errorf("%w: stored as a duplicate, but reading it back failed: %v", ErrIndeterminate, bare(err))}
 			}
 		}
 		rev, err := revisionOf(m)

@@ -246,40 +246,67 @@ func (t *benchTimes) report(b *testing.B, unit string, scale float64, ops int) {
 // the expected-revision check: raw js.PublishMsg with
 // Nats-Expected-Last-Subject-Sequence against Store.Append with
 // ExpectRevision of the previous result.
+//
+// On a single server (R1) and on a 3-node cluster (R3, the stream's leader
+// on one of three in-process nodes), under the server's default fsync and
+// fsync always: the cost of durability for one command at a time.
 func BenchmarkAppend1(b *testing.B) {
-	for _, mode := range benchSyncModes {
-		b.Run("sync="+mode.String(), func(b *testing.B) {
-			e := newBenchEnv(b, benchServerJS(b, mode), nil)
-			ctx := context.Background()
-			rawAgg := stream.Aggregate{Type: "raw", ID: "one"}
-			rawSubj := e.subject(b, rawAgg)
-			esAgg := stream.Aggregate{Type: "esnats", ID: "one"}
-			events := []stream.EventData{{Data: benchPayload}}
-			var rawSeq, rawVer uint64
-			var esRev stream.Revision
-			raw := func() {
-				m := e.rawMsg(rawSubj, rawVer+1, benchNow())
-				m.Header[jetstream.ExpectedLastSubjSeqHeader] = []string{strconv.FormatUint(rawSeq, 10)}
-				ack, err := e.js.PublishMsg(ctx, m)
-				if err != nil {
-					b.Fatal(err)
-				}
-				rawSeq, rawVer = ack.Sequence, rawVer+1
-			}
-			esnats := func() {
-				res, err := e.st.Append(ctx, esAgg, stream.ExpectRevision(esRev), events)
-				if err != nil {
-					b.Fatal(err)
-				}
-				esRev = res.Last
-			}
-			t := newBenchTimes("raw", "esnats")
-			t.loop(b, raw, esnats)
-			t.report(b, "ns/op", 1, 1)
-			e.checkLast(b, rawAgg, uint64(t.total()))
-			e.checkLast(b, esAgg, uint64(t.total()))
-		})
+	for _, replicas := range []int{1, 3} {
+		for _, mode := range benchSyncModes {
+			b.Run(fmt.Sprintf("R%d/sync=%s", replicas, mode), func(b *testing.B) {
+				benchAppend1(b, replicas, mode)
+			})
+		}
 	}
+}
+
+// benchJS starts a single server (replicas 1) or a 3-node cluster and
+// returns the mod that gives the store that many replicas, chained before
+// mod.
+func benchJS(b *testing.B, replicas int, mode embedded.SyncPolicy, mod func(*stream.Config)) (jetstream.JetStream, func(*stream.Config)) {
+	b.Helper()
+	if replicas == 1 {
+		return benchServerJS(b, mode), mod
+	}
+	return benchClusterJS(b, mode), func(c *stream.Config) {
+		c.Replicas = replicas
+		if mod != nil {
+			mod(c)
+		}
+	}
+}
+
+func benchAppend1(b *testing.B, replicas int, mode embedded.SyncPolicy) {
+	js, mod := benchJS(b, replicas, mode, nil)
+	e := newBenchEnv(b, js, mod)
+	ctx := context.Background()
+	rawAgg := stream.Aggregate{Type: "raw", ID: "one"}
+	rawSubj := e.subject(b, rawAgg)
+	esAgg := stream.Aggregate{Type: "esnats", ID: "one"}
+	events := []stream.EventData{{Data: benchPayload}}
+	var rawSeq, rawVer uint64
+	var esRev stream.Revision
+	raw := func() {
+		m := e.rawMsg(rawSubj, rawVer+1, benchNow())
+		m.Header[jetstream.ExpectedLastSubjSeqHeader] = []string{strconv.FormatUint(rawSeq, 10)}
+		ack, err := e.js.PublishMsg(ctx, m)
+		if err != nil {
+			b.Fatal(err)
+		}
+		rawSeq, rawVer = ack.Sequence, rawVer+1
+	}
+	esnats := func() {
+		res, err := e.st.Append(ctx, esAgg, stream.ExpectRevision(esRev), events)
+		if err != nil {
+			b.Fatal(err)
+		}
+		esRev = res.Last
+	}
+	t := newBenchTimes("raw", "esnats")
+	t.loop(b, raw, esnats)
+	t.report(b, "ns/op", 1, 1)
+	e.checkLast(b, rawAgg, uint64(t.total()))
+	e.checkLast(b, esAgg, uint64(t.total()))
 }
 
 // Shape of BenchmarkAppend1Spread.
@@ -636,20 +663,28 @@ func groupPerWriter(mode embedded.SyncPolicy, writers int) int {
 // Under fsync always and the server's default fsync. Each iteration appends
 // a chunk of events of each kind (groupPerWriter per writer); ns/op and
 // events/s are per event.
+//
+// R1 with 64 and 256 writers; R3 (a 3-node in-process cluster) with 64.
 func BenchmarkAppendGroupCommit(b *testing.B) {
-	for _, mode := range benchSyncModes {
-		for _, writers := range []int{64, 256} {
-			for _, gc := range []stream.GroupCommit{stream.GroupCommitBatch, stream.GroupCommitPipeline} {
-				b.Run(fmt.Sprintf("sync=%s/writers=%d/mode=%s", mode, writers, gc), func(b *testing.B) {
-					benchGroupCommit(b, mode, writers, gc)
-				})
+	for _, replicas := range []int{1, 3} {
+		for _, mode := range benchSyncModes {
+			for _, writers := range []int{64, 256} {
+				if replicas == 3 && writers != 64 {
+					continue
+				}
+				for _, gc := range []stream.GroupCommit{stream.GroupCommitBatch, stream.GroupCommitPipeline} {
+					b.Run(fmt.Sprintf("R%d/sync=%s/writers=%d/mode=%s", replicas, mode, writers, gc), func(b *testing.B) {
+						benchGroupCommit(b, replicas, mode, writers, gc)
+					})
+				}
 			}
 		}
 	}
 }
 
-func benchGroupCommit(b *testing.B, mode embedded.SyncPolicy, writers int, gc stream.GroupCommit) {
-	e := newBenchEnv(b, benchServerJS(b, mode), func(c *stream.Config) { c.GroupCommit = gc })
+func benchGroupCommit(b *testing.B, replicas int, mode embedded.SyncPolicy, writers int, gc stream.GroupCommit) {
+	js, mod := benchJS(b, replicas, mode, func(c *stream.Config) { c.GroupCommit = gc })
+	e := newBenchEnv(b, js, mod)
 	ctx := context.Background()
 	perWriter := groupPerWriter(mode, writers)
 	chunk := writers * perWriter // events per kind per iteration
@@ -926,5 +961,94 @@ func (e *benchEnv) rawPipelined(b *testing.B, aggs []spreadAgg, chunk int, wait 
 				b.Fatalf("raw-async: no ack within %s", wait)
 			}
 		}
+	}
+}
+
+// BenchmarkAppendAsync keeps a chunk of single-event appends to 10,000
+// aggregates in flight from one goroutine, each with the expected-revision
+// check: raw pipelined js.PublishMsgAsync (raw-async, as in
+// BenchmarkAppendGroupCommit) against Store.AppendAsync with each mode of
+// group commit. On R1 and R3, under both fsync policies.
+func BenchmarkAppendAsync(b *testing.B) {
+	for _, replicas := range []int{1, 3} {
+		for _, mode := range benchSyncModes {
+			b.Run(fmt.Sprintf("R%d/sync=%s", replicas, mode), func(b *testing.B) {
+				benchAppendAsync(b, replicas, mode)
+			})
+		}
+	}
+}
+
+func benchAppendAsync(b *testing.B, replicas int, mode embedded.SyncPolicy) {
+	js, mod := benchJS(b, replicas, mode, nil)
+	e := newBenchEnv(b, js, mod)
+	ctx := context.Background()
+	chunk := 2048
+	if mode == embedded.SyncAlways && replicas == 1 {
+		chunk = 512 // raw-async syncs every message: about 3k events/s
+	}
+	mk := func(typ string) []spreadAgg {
+		aggs := make([]spreadAgg, groupAggs)
+		for i := range aggs {
+			a := stream.Aggregate{Type: typ, ID: fmt.Sprintf("a%05d", i)}
+			aggs[i] = spreadAgg{agg: a, subj: e.subject(b, a)}
+		}
+		return aggs
+	}
+	rawAsync := e.rawPipelined(b, mk("rawasync"), chunk, time.Minute)
+	events := []stream.EventData{{Data: benchPayload}}
+	modes := []stream.GroupCommit{stream.GroupCommitBatch, stream.GroupCommitPipeline}
+	names := []string{"raw-async"}
+	ops := []func(){rawAsync}
+	esAggs := make([][]spreadAgg, len(modes))
+	for k, gc := range modes {
+		cfg := e.st.Config()
+		cfg.GroupCommit = gc
+		st, err := stream.OpenStore(ctx, e.js, cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		aggs := mk("esnats" + gc.String())
+		esAggs[k] = aggs
+		cur := 0
+		pend := make([]*stream.PendingAppend, chunk)
+		ops = append(ops, func() {
+			first := cur
+			for i := range chunk {
+				a := &aggs[(first+i)%len(aggs)]
+				pend[i] = st.AppendAsync(ctx, a.agg, stream.ExpectRevision(a.rev), events)
+			}
+			for i, p := range pend {
+				res, err := p.Result()
+				if err != nil {
+					b.Fatalf("AppendAsync (%s): %v", gc, err)
+				}
+				aggs[(first+i)%len(aggs)].rev = res.Last
+			}
+			cur = (first + chunk) % len(aggs)
+		})
+		names = append(names, "esnats-"+gc.String())
+	}
+	t := newBenchTimes(names...)
+	t.loop(b, ops...)
+	// report per event, each esnats kind against raw-async
+	if t.n > 0 {
+		raw := t.median(0)
+		for k, name := range t.names {
+			b.ReportMetric(float64(chunk)/(t.median(k)/1e9), name+"-events/s")
+			if k > 0 {
+				b.ReportMetric(raw/t.median(k), name+"/raw-async")
+			}
+		}
+	}
+	for k, aggs := range esAggs {
+		var sum uint64
+		for _, a := range aggs {
+			sum += a.rev.Version
+		}
+		if want := uint64(chunk * t.total()); sum != want {
+			b.Fatalf("%s: %d events appended, want %d", names[k+1], sum, want)
+		}
+		e.checkLast(b, aggs[0].agg, aggs[0].rev.Version)
 	}
 }

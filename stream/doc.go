@@ -38,7 +38,9 @@
 // # Reading
 //
 // Load returns one aggregate's events as a Go iterator, read with batched
-// direct gets (one round trip per batch, no consumer is created). ReadAll
+// direct gets (one round trip per batch, no consumer is created), and checks
+// that its versions start at 1 (or after the revision given to
+// AfterRevision, the tail after a snapshot) with no gap. ReadAll
 // reads the whole store from a position, optionally by aggregate and event
 // type. LastRevision asks the stream leader for an aggregate's revision.
 //
@@ -55,7 +57,10 @@
 // ErrInvalidID, ErrDecode, ErrTooLarge, ...) with errors.Is, and most are an
 // *Error naming the operation, subject and stream sequence. Bad input is
 // refused before any I/O; an undecodable event written by another client is
-// reported with its subject and sequence, and nothing stored is changed.
+// reported with its subject and sequence, and nothing stored is changed
+// (CheckEvent applies the same checks of a message's subject and headers
+// without a registry). An append the server refuses for lack of permission
+// fails at once with ErrPermissionDenied: nothing was stored.
 //
 // # Testing
 //

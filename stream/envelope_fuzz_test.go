@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
@@ -51,6 +52,14 @@ func FuzzDecodeEvent(f *testing.F) {
 			return
 		}
 		ev, err := decodeEvent(reg, subj, rawMessage{Subject: subject, Sequence: 7, Header: h, Data: data})
+		// CheckEvent applies the same checks but for the payload's.
+		if cerr := CheckEvent("store", subject, 7, h); cerr != nil {
+			if err == nil || err.Error() != cerr.Error() {
+				t.Fatalf("CheckEvent: %v, but decoding: %v", cerr, err)
+			}
+		} else if err != nil && !errors.Is(err, ErrUnknownEventType) && !errors.Is(err, ErrSchemaVersion) && !strings.Contains(err.Error(), `event type "Happened"`) {
+			t.Fatalf("CheckEvent passed a message whose envelope decoding refused: %v", err)
+		}
 		if err != nil {
 			e, ok := err.(*Error)
 			if !ok || e.Subject != subject || e.Sequence != 7 {

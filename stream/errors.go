@@ -29,6 +29,12 @@ var (
 	// invalid UTF-8, or longer than MaxIDLength bytes.
 	ErrInvalidID = errors.New("esnats: invalid aggregate id")
 
+	// ErrInvalidEventID reports an event id (EventData.ID, stored as
+	// Nats-Msg-Id) that cannot be used: longer than MaxEventIDLength bytes,
+	// not printable ASCII, repeated within one append, or already stored
+	// on another aggregate within the duplicate window.
+	ErrInvalidEventID = errors.New("esnats: invalid event id")
+
 	// ErrInvalidName reports an invalid aggregate type, event type or store
 	// name (see ValidateName).
 	ErrInvalidName = errors.New("esnats: invalid name")
@@ -61,6 +67,18 @@ var (
 	// stores them twice.
 	ErrIndeterminate = errors.New("esnats: append outcome unknown")
 
+	// ErrPermissionDenied reports that the server refused an append for
+	// lack of permission to publish to one of its subjects (the
+	// connection's user may not publish there). A refused publish is never
+	// stored, so the outcome is known: nothing was written, and the error
+	// is never ErrIndeterminate. The error also matches
+	// nats.ErrPermissionViolation, and its text names the subject and the
+	// server's notice. The server reports a refusal only asynchronously on
+	// the connection (nc.LastError() and the nats.ErrorHandler); the store
+	// watches for it while it waits for the acknowledgement and returns as
+	// soon as it arrives, without resending.
+	ErrPermissionDenied = errors.New("esnats: permission denied")
+
 	// ErrStoreConfig reports a server or an existing stream that cannot host
 	// the store (server older than 2.12, stream configured incompatibly).
 	ErrStoreConfig = errors.New("esnats: incompatible store configuration")
@@ -90,13 +108,31 @@ func (e *Error) Error() string {
 	}
 	if e.Err != nil {
 		b.WriteString(": ")
-		b.WriteString(strings.TrimPrefix(e.Err.Error(), "esnats: "))
+		b.WriteString(errText(e.Err))
 	}
 	return b.String()
 }
 
 // Unwrap returns the cause.
 func (e *Error) Unwrap() error { return e.Err }
+
+// bare wraps err so that its text loses a leading "esnats: ", for an
+// error quoted inside another esnats error (whose text has the prefix
+// already): errors.Is and errors.As still see err.
+func bare(err error) error {
+	if err == nil {
+		return nil
+	}
+	return bareError{err}
+}
+
+type bareError struct{ err error }
+
+func (e bareError) Error() string { return errText(e.err) }
+func (e bareError) Unwrap() error { return e.err }
+
+// errText is err's text without a leading "esnats: ".
+func errText(err error) string { return strings.TrimPrefix(err.Error(), "esnats: ") }
 
 // ConflictError is the error returned when an append's expectation does not
 // hold. It matches ErrConflict.

@@ -209,6 +209,16 @@ func (cmd *command) deliver(res []AppendResult, err error) {
 // first is the subject errors about the command name.
 func (cmd *command) first() string { return cmd.ps[0].filter }
 
+// publishesTo reports whether one of the command's events is on subject.
+func (cmd *command) publishesTo(subject string) bool {
+	for _, p := range cmd.ps {
+		if p.filter == subject {
+			return true
+		}
+	}
+	return false
+}
+
 // batch is what one sender runs: several commands in one atomic batch, or
 // one command on its own.
 type batch struct {
@@ -381,7 +391,14 @@ func (c *committer) dispatchLocked() []*batch {
 		return nil
 	}
 	room := c.maxInflight - c.inflight
-	if c.inflight > 0 && room > 0 {
+	if room <= 0 {
+		// Nothing can leave before a batch in flight is answered, which
+		// dispatches again; commands whose context ended meanwhile are
+		// withdrawn by their own wait. Scanning a long queue (thousands of
+		// AppendAsync calls) on every submit would cost O(n^2).
+		return nil
+	}
+	if c.inflight > 0 {
 		msgs, size := 0, 0
 		for _, cmd := range c.queue {
 			if !c.busyLocked(cmd) {
@@ -573,7 +590,7 @@ func (c *committer) sendGroup(b *batch) outcome {
 	ctx, cancel := context.WithTimeout(context.Background(), s.js.Options().DefaultTimeout)
 	c.groups.Add(1)
 	c.grouped.Add(int64(len(b.cmds)))
-	firstSeq, _, err := s.publish(ctx, msgs)
+	firstSeq, _, err := s.publish(ctx, cancel, msgs)
 	cancel()
 	if err == nil {
 		seq := firstSeq
@@ -584,6 +601,26 @@ func (c *committer) sendGroup(b *batch) outcome {
 		return outcome{answered: b.cmds}
 	}
 	switch classify(err) {
+	case classDenied:
+		// The server dropped the messages on a subject this connection
+		// may not publish to, so the batch was incomplete and nothing of
+		// it was stored: the commands on that subject fail, the others go
+		// again in the next batch, without them.
+		var pd *publishDenied
+		errors.As(err, &pd)
+		var out outcome
+		for _, cmd := range b.cmds {
+			if cmd.publishesTo(pd.v.Subject) {
+				cmd.deliver(nil, permissionDenied(pd.v))
+				out.answered = append(out.answered, cmd)
+			} else {
+				out.requeue = append(out.requeue, cmd)
+			}
+		}
+		if len(out.answered) == 0 {
+			return alone(false) // unreachable: the subject is the batch's
+		}
+		return out
 	case classConflict:
 		suspects := c.suspects(err, b)
 		if len(suspects) == 0 {

@@ -167,7 +167,13 @@ func ValidateName(kind, name string) error {
 	}
 	for i := 0; i < len(name); i++ {
 		if !idKept[name[i]] {
-			return fmt.Errorf("%w: %s %s holds %q at offset %d; only ASCII letters, digits, '-' and '_' are allowed", ErrInvalidName, kind, idQuote(name), name[i], i)
+			// Name the character, not its first byte: "é", not "Ã".
+			r, size := utf8.DecodeRuneInString(name[i:])
+			what := fmt.Sprintf("%q", r)
+			if r == utf8.RuneError && size <= 1 {
+				what = fmt.Sprintf("the byte 0x%02X (not UTF-8)", name[i])
+			}
+			return fmt.Errorf("%w: %s %s holds %s at offset %d; only ASCII letters, digits, '-' and '_' are allowed", ErrInvalidName, kind, idQuote(name), what, i)
 		}
 	}
 	return nil

@@ -2,6 +2,7 @@ package stream
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -177,7 +178,10 @@ func TestIDValidateName(t *testing.T) {
 		{name: "gt", value: ">", reason: `holds '>'`},
 		{name: "space", value: "cart added", reason: `holds ' '`},
 		{name: "equals", value: "a=b", reason: `holds '='`},
-		{name: "unicode", value: "Zürich", reason: `offset 1`},
+		{name: "unicode", value: "Zürich", reason: `holds 'ü' at offset 1`},
+		{name: "emoji", value: "cart-🛒", reason: `holds '🛒' at offset 5`},
+		{name: "control", value: "a\tb", reason: `holds '\t' at offset 1`},
+		{name: "not UTF-8", value: "a\xffb", reason: `holds the byte 0xFF (not UTF-8) at offset 1`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -187,7 +191,7 @@ func TestIDValidateName(t *testing.T) {
 			assert.Contains(t, err.Error(), "event type")
 			assert.Contains(t, err.Error(), tt.reason)
 			if tt.value != "" && len(tt.value) <= 64 {
-				assert.Contains(t, err.Error(), `"`+tt.value+`"`)
+				assert.Contains(t, err.Error(), strconv.Quote(tt.value))
 			}
 		})
 	}

@@ -49,6 +49,7 @@ type MemoryStore struct {
 	// subj, reg and cfg fields and never the connection. Sharing them keeps
 	// both stores byte-for-byte identical on the wire.
 	codec *Store
+	async *asyncAppender
 
 	mu    sync.RWMutex
 	msgs  []memMsg         // msgs[i] has sequence i+1 (a purged one is the zero memMsg)
@@ -109,6 +110,7 @@ func NewMemoryStore(cfg Config, opts ...MemoryOption) (*MemoryStore, error) {
 		subj:  subj,
 		now:   time.Now,
 		codec: &Store{cfg: cfg, reg: cfg.Registry, subj: subj},
+		async: newAsyncAppender(cfg.MaxPendingAppends),
 		byAgg: make(map[string][]int),
 		ids:   make(map[string]memID),
 	}
@@ -155,7 +157,7 @@ func (m *MemoryStore) LastSequence() uint64 {
 // revision's version + 1; a retry with the same event ids within the
 // duplicate window returns the original positions with Duplicate set.
 //
-// Errors: ErrInvalidID, ErrInvalidName, ErrUnknownEventType, ErrEncode,
+// Errors: ErrInvalidID, ErrInvalidName, ErrInvalidEventID, ErrUnknownEventType, ErrEncode,
 // ErrTooLarge, ErrTooManyEvents before anything is stored; *ConflictError
 // (ErrConflict) when the expectation does not hold; the context's error,
 // wrapped in *Error, when ctx is done before the events are stored.
@@ -189,6 +191,15 @@ func (m *MemoryStore) AppendBatch(ctx context.Context, reqs []AppendRequest, opt
 		}
 	}
 
+	// Every event is encoded (and checked) first, as Store.AppendBatch
+	// does before any I/O; ExpectAny's are numbered again from the revision
+	// read.
+	for _, p := range ps {
+		if err := m.codec.encode(p, &meta); err != nil {
+			return nil, err
+		}
+	}
+
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, p := range ps {
@@ -199,9 +210,9 @@ func (m *MemoryStore) AppendBatch(ctx context.Context, reqs []AppendRequest, opt
 			if p.rev, err = m.lastRevisionLocked(p.filter); err != nil {
 				return nil, err
 			}
-		}
-		if err := m.codec.encode(p, &meta); err != nil {
-			return nil, err
+			if err := m.codec.renumber(p); err != nil {
+				return nil, err
+			}
 		}
 	}
 	first := ps[0].enc[0].Subject
@@ -415,15 +426,17 @@ func (m *MemoryStore) LastRevision(ctx context.Context, agg Aggregate) (Revision
 }
 
 // Load returns the aggregate's events in order, like Store.Load: options
-// FromSequence, FromVersion, WithBatchSize, WithLimit (counting the events
-// yielded) and SkipUndecodable apply. An aggregate with no events yields
+// AfterRevision, FromSequence, FromVersion, WithBatchSize, WithLimit
+// (counting the events yielded) and SkipUndecodable apply, and versions are
+// checked as Store.Load checks them. An aggregate with no events yields
 // nothing.
 //
 // Errors (yielded with a nil event, after which the iteration ends):
 // ErrInvalidID / ErrInvalidName for a bad aggregate; ErrDecode,
 // ErrUnknownEventType or ErrSchemaVersion, in an *Error naming subject and
-// sequence, for an event that cannot be decoded, and ErrDecode for a gap in
-// the versions; the context's error when ctx is done.
+// sequence, for an event that cannot be decoded, and ErrDecode for a
+// history that does not start at the version expected or has a gap in the
+// versions; the context's error when ctx is done.
 func (m *MemoryStore) Load(ctx context.Context, agg Aggregate, opts ...ReadOption) iter.Seq2[*Event, error] {
 	o := buildReadOptions(opts)
 	filter, err := m.AggregateSubject(agg)

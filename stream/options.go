@@ -57,17 +57,35 @@ type ReadOption func(*readOptions)
 type readOptions struct {
 	fromSeq     uint64
 	fromVersion uint64
-	batch       int
-	aggTypes    []string
-	eventTypes  []string
-	skipBad     func(error) bool
-	limit       int
+	// after is set by AfterRevision: Load requires the first event read to
+	// be after.Version+1.
+	after      *Revision
+	batch      int
+	aggTypes   []string
+	eventTypes []string
+	skipBad    func(error) bool
+	limit      int
 }
 
-// FromSequence starts reading at stream sequence seq (inclusive). For Load,
-// pass the sequence after a snapshot's to read only newer events.
+// FromSequence starts reading at stream sequence seq (inclusive). For Load
+// from a sequence above 1 the version of the first event is not checked
+// (nothing says what it should be); to load the events after a snapshot,
+// prefer AfterRevision, which checks it. It replaces an earlier
+// AfterRevision.
 func FromSequence(seq uint64) ReadOption {
-	return func(o *readOptions) { o.fromSeq = seq }
+	return func(o *readOptions) { o.fromSeq, o.after = seq, nil }
+}
+
+// AfterRevision makes Load read the aggregate's events after revision r:
+// from stream sequence r.Sequence+1, requiring the first event read to be
+// version r.Version+1 (then contiguous, as always). It is the tail after a
+// snapshot taken at r. A first event of another version is ErrDecode,
+// naming its subject and sequence: the aggregate is not where r says (a
+// snapshot that lies, or events removed). AfterRevision(Revision{}) is a
+// load from the beginning. It replaces an earlier FromSequence. ReadAll
+// reads from r.Sequence+1 and checks nothing.
+func AfterRevision(r Revision) ReadOption {
+	return func(o *readOptions) { o.fromSeq, o.after = r.Sequence+1, &r }
 }
 
 // FromVersion makes Load skip the aggregate's events before version v. When

@@ -7,11 +7,15 @@ import (
 	"iter"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/synadia-io/orbit.go/jetstreamext"
+
+	"github.com/esnats/esnats/internal/jsapi"
+	"github.com/esnats/esnats/internal/natserr"
 )
 
 // Load returns the aggregate's events in order, as an iterator of decoded
@@ -19,14 +23,24 @@ import (
 // WithBatchSize events, default 1000) and never creates a consumer. An
 // aggregate with no events yields nothing.
 //
-// Options: FromSequence to start after a snapshot, FromVersion to skip older
-// versions, WithBatchSize, WithLimit, SkipUndecodable.
+// Options: AfterRevision to read the tail after a snapshot, FromSequence,
+// FromVersion to skip older versions, WithBatchSize, WithLimit,
+// SkipUndecodable.
+//
+// Versions are checked: a load from the beginning must find version 1
+// first, a load AfterRevision(r) version r.Version+1, and then each event
+// the version after the previous one. (A load FromSequence a later sequence
+// checks only the latter.) A store whose events expire (Config.MaxAge) can
+// therefore not load an aggregate whose first events expired.
 //
 // Errors (yielded with a nil event, after which the iteration ends):
 // ErrInvalidID / ErrInvalidName for a bad aggregate (before any I/O);
 // ErrNotFound when the stream does not exist; ErrDecode, ErrUnknownEventType
 // or ErrSchemaVersion, in an *Error naming subject and sequence, for an event
-// that cannot be decoded, and ErrDecode for a gap in the versions.
+// that cannot be decoded, and ErrDecode for a history that does not start
+// at the version expected or has a gap in the versions. Each read request
+// waits at most the JetStream timeout and one that timed out is sent again
+// (jsapi.MaxAttempts in all) while ctx lasts.
 //
 // Reads are served by any replica that is current (direct get), so on a
 // replicated store a load may miss an append acknowledged an instant ago;
@@ -78,17 +92,38 @@ func failed(err error) iter.Seq2[*Event, error] {
 	return func(yield func(*Event, error) bool) { yield(nil, err) }
 }
 
-// loadEvents checks that one aggregate's events have contiguous versions and
-// applies FromVersion and WithLimit.
+// loadEvents checks that one aggregate's events have contiguous versions,
+// starting at 1 for a load from the beginning and at the revision's next
+// version for AfterRevision, and applies FromVersion and WithLimit.
 func loadEvents(agg Aggregate, events iter.Seq2[*Event, error], o readOptions) iter.Seq2[*Event, error] {
+	// The version the first event read must have; 0: unknown (a load from
+	// a sequence that is not the first).
+	var wantFirst uint64
+	switch {
+	case o.after != nil:
+		wantFirst = o.after.Version + 1
+	case o.fromSeq <= 1:
+		wantFirst = 1
+	}
 	return func(yield func(*Event, error) bool) {
 		var lastVersion uint64
 		n := 0
+		first := true
 		for ev, err := range events {
 			if err != nil {
 				yield(nil, err)
 				return
 			}
+			if first && wantFirst != 0 && ev.Version != wantFirst {
+				var after string
+				if o.after != nil && !o.after.IsZero() {
+					after = fmt.Sprintf(" after version %d at sequence %d", o.after.Version, o.after.Sequence)
+				}
+				yield(nil, &Error{Op: "load", Subject: ev.Subject, Sequence: ev.Sequence,
+					Err: fmt.Errorf("%w: version %d is the first event of %s%s (expected %d)", ErrDecode, ev.Version, agg, after, wantFirst)})
+				return
+			}
+			first = false
 			if lastVersion != 0 && ev.Version != lastVersion+1 {
 				yield(nil, &Error{Op: "load", Subject: ev.Subject, Sequence: ev.Sequence,
 					Err: fmt.Errorf("%w: version %d follows version %d (history of %s is not contiguous)", ErrDecode, ev.Version, lastVersion, agg)})
@@ -185,13 +220,59 @@ func (s *Store) read(ctx context.Context, filter string, o readOptions) iter.Seq
 
 // getBatch fetches up to batch messages matching filter from seq in one
 // round trip. more reports that further messages matched when the server
-// answered.
-func (s *Store) getBatch(ctx context.Context, filter string, seq uint64, batch int) ([]rawMessage, bool, error) {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, s.js.Options().DefaultTimeout)
-		defer cancel()
+// answered. Each request waits at most the JetStream timeout, and one that
+// timed out is sent again (a read changes nothing), at most
+// jsapi.MaxAttempts times in all and while ctx lasts: a batched direct get
+// whose reply was lost (a replica that stopped, a reply dropped under load)
+// then costs one timeout instead of holding the load until the caller's
+// deadline. A request the server refused for lack of permission is not
+// sent again.
+func (s *Store) getBatch(ctx context.Context, filter string, seq uint64, batch int) (raws []rawMessage, more bool, err error) {
+	err = s.retryRead(ctx, func(ctx context.Context) error {
+		var err error
+		raws, more, err = s.getBatchOnce(ctx, filter, seq, batch)
+		return err
+	})
+	return raws, more, err
+}
+
+// retryRead runs read, a direct get, with the JetStream timeout, again
+// while it times out (see getBatch). It returns read's last error.
+func (s *Store) retryRead(ctx context.Context, read func(ctx context.Context) error) error {
+	for attempt := 1; ; attempt++ {
+		w := natserr.NewWatch(s.nc)
+		actx, cancel := context.WithTimeout(ctx, s.js.Options().DefaultTimeout)
+		err := read(actx)
+		timedOut := err != nil && actx.Err() != nil && ctx.Err() == nil
+		cancel()
+		if !timedOut || attempt >= jsapi.MaxAttempts {
+			return err
+		}
+		if _, denied := w.Denied([]string{s.directGetSubject()}); denied {
+			return err // refused: a resend would be refused too
+		}
+		if berr := backoff(ctx, 1); berr != nil {
+			return err
+		}
 	}
+}
+
+// directGetSubject is the subject of the store's direct gets, as
+// jetstreamext.GetBatch builds it.
+func (s *Store) directGetSubject() string {
+	o := s.js.Options()
+	switch {
+	case o.APIPrefix != "":
+		return strings.TrimSuffix(o.APIPrefix, ".") + ".DIRECT.GET." + s.cfg.Name
+	case o.Domain != "":
+		return "$JS." + o.Domain + ".DIRECT.GET." + s.cfg.Name
+	default:
+		return "$JS.API.DIRECT.GET." + s.cfg.Name
+	}
+}
+
+// getBatchOnce is one request of getBatch; ctx bounds it.
+func (s *Store) getBatchOnce(ctx context.Context, filter string, seq uint64, batch int) ([]rawMessage, bool, error) {
 	it, err := jetstreamext.GetBatch(ctx, s.js, s.cfg.Name, batch, jetstreamext.GetBatchSubject(filter), jetstreamext.GetBatchSeq(seq), jetstreamext.GetBatchMaxBytes(readMaxBytes))
 	if err != nil {
 		return nil, false, s.readErr(ctx, filter, seq, err)
@@ -218,17 +299,24 @@ func (s *Store) getBatch(ctx context.Context, filter string, seq uint64, batch i
 		}
 		return nil, false, &Error{Op: "read", Subject: filter, Sequence: seq, Err: fmt.Errorf("%w: no answer from the server", nats.ErrTimeout)}
 	}
+	// Messages and then a timeout (the rest of the answer lost): what came
+	// is good, and more (pending > 0) makes the caller ask for the rest.
 	return raws, pending > 0, nil
 }
 
 // getBatchSince reads the messages of filter stored since t (a few hundred
-// at most: callers use it for the duplicate window of one aggregate).
-func (s *Store) getBatchSince(ctx context.Context, filter string, t time.Time) ([]rawMessage, error) {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, s.js.Options().DefaultTimeout)
-		defer cancel()
-	}
+// at most: callers use it for the duplicate window of one aggregate), with
+// getBatch's timeout and retries.
+func (s *Store) getBatchSince(ctx context.Context, filter string, t time.Time) (raws []rawMessage, err error) {
+	err = s.retryRead(ctx, func(ctx context.Context) error {
+		var err error
+		raws, err = s.getBatchSinceOnce(ctx, filter, t)
+		return err
+	})
+	return raws, err
+}
+
+func (s *Store) getBatchSinceOnce(ctx context.Context, filter string, t time.Time) ([]rawMessage, error) {
 	it, err := jetstreamext.GetBatch(ctx, s.js, s.cfg.Name, MaxBatch, jetstreamext.GetBatchSubject(filter), jetstreamext.GetBatchStartTime(t), jetstreamext.GetBatchMaxBytes(readMaxBytes))
 	if err != nil {
 		return nil, err
@@ -236,12 +324,16 @@ func (s *Store) getBatchSince(ctx context.Context, filter string, t time.Time) (
 	var raws []rawMessage
 	for m, err := range it {
 		if errors.Is(err, jetstreamext.ErrNoMessages) {
-			break
+			return raws, nil
 		}
 		if err != nil {
 			return nil, err
 		}
 		raws = append(raws, rawMessage{Subject: m.Subject, Sequence: m.Sequence, Header: m.Header, Data: m.Data})
+	}
+	if len(raws) == 0 && ctx.Err() != nil {
+		// The iterator ends without a message or error on a timeout.
+		return nil, ctx.Err()
 	}
 	return raws, nil
 }

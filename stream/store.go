@@ -73,6 +73,9 @@ type Config struct {
 	// which is fastest depends on the server's fsync policy (see
 	// GroupCommit and docs/performance.md). The in-memory store ignores it.
 	GroupCommit GroupCommit
+	// MaxPendingAppends bounds the appends AppendAsync keeps in flight.
+	// Default DefaultMaxPendingAppends (4096).
+	MaxPendingAppends int
 
 	// TracerProvider and MeterProvider receive the store's spans
 	// (esnats.stream.append, esnats.stream.load) and metrics (append and
@@ -129,6 +132,9 @@ func (c Config) Validate() error {
 	if !c.GroupCommit.valid() {
 		return fmt.Errorf("%w: unknown GroupCommit mode %d", ErrStoreConfig, int(c.GroupCommit))
 	}
+	if c.MaxPendingAppends < 0 {
+		return fmt.Errorf("%w: MaxPendingAppends must not be negative", ErrStoreConfig)
+	}
 	return nil
 }
 
@@ -179,7 +185,9 @@ type Store struct {
 	reg       *Registry
 	subj      subjects
 	apiPrefix string
+	inbox     string     // prefix of the connection's reply inboxes
 	gc        *committer // nil: GroupCommitOff
+	async     *asyncAppender
 	tel       *telemetry.Store
 }
 
@@ -288,6 +296,8 @@ func openStore(ctx context.Context, js jetstream.JetStream, cfg Config, create b
 		reg:       cfg.Registry,
 		subj:      subjects{prefix: cfg.Subject},
 		apiPrefix: apiPrefix(js.Options()),
+		inbox:     inboxPrefix(js.Conn()),
+		async:     newAsyncAppender(cfg.MaxPendingAppends),
 		tel:       telemetry.NewStore(cfg.Name, cfg.TracerProvider, cfg.MeterProvider, func(err error) bool { return errors.Is(err, ErrConflict) }),
 	}
 	if mode := cfg.groupCommitMode(); mode != GroupCommitOff {

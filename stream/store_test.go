@@ -360,12 +360,12 @@ func TestStoreRejectsRepeatedEventIDs(t *testing.T) {
 	ctx := context.Background()
 	ev := stream.EventData{ID: "same", Data: itemAdded{SKU: "a", Qty: 1}}
 	_, err := st.Append(ctx, stream.Aggregate{Type: "cart", ID: "1"}, stream.ExpectNone(), []stream.EventData{ev, ev})
-	require.ErrorIs(t, err, stream.ErrInvalidID)
+	require.ErrorIs(t, err, stream.ErrInvalidEventID)
 	_, err = st.AppendBatch(ctx, []stream.AppendRequest{
 		{Aggregate: stream.Aggregate{Type: "cart", ID: "1"}, Expect: stream.ExpectNone(), Events: []stream.EventData{ev}},
 		{Aggregate: stream.Aggregate{Type: "cart", ID: "2"}, Expect: stream.ExpectNone(), Events: []stream.EventData{ev}},
 	})
-	require.ErrorIs(t, err, stream.ErrInvalidID)
+	require.ErrorIs(t, err, stream.ErrInvalidEventID)
 	assert.Contains(t, err.Error(), `"same"`)
 }
 

@@ -97,7 +97,9 @@ type EventData struct {
 	// ID is the event's unique id, stored as Nats-Msg-Id and used by the
 	// server to drop duplicates within the store's duplicate window. Empty =
 	// a new unique id is generated. Set it yourself to make a retried command
-	// idempotent across process restarts. At most 64 bytes... (see MaxEventIDLength).
+	// idempotent across process restarts. At most MaxEventIDLength bytes of
+	// printable ASCII without spaces, unique within one append; otherwise
+	// the append fails with ErrInvalidEventID before any I/O.
 	ID string
 	// Data is the payload: a value (or pointer to a value) of a type
 	// registered on the store's Registry.

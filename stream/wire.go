@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
 )
 
 // Header names of the wire format (docs/wire-format.md). Every event carries
@@ -177,13 +179,34 @@ func encodeEvent(reg *Registry, subj subjects, agg Aggregate, idToken string, ve
 		}
 	}
 	msg.Data = data
-	if maxSize > 0 {
-		if size := messageSize(msg); size > maxSize {
-			return encodedEvent{}, &Error{Op: "append", Subject: msg.Subject,
-				Err: fmt.Errorf("%w: %s event of %d bytes (payload %d) exceeds the store's MaxEventSize of %d bytes", ErrTooLarge, name, size, len(data), maxSize)}
-		}
+	if err := checkEventSize(msg, maxSize); err != nil {
+		return encodedEvent{}, err
 	}
 	return encodedEvent{msg: msg, id: id}, nil
+}
+
+// sendHeaders are the headers the store sets for the server when it sends
+// an event, which checkEventSize does not count.
+var sendHeaders = [...]string{jetstream.ExpectedLastSubjSeqHeader, jetstreamext.BatchIDHeader, jetstreamext.BatchSeqHeader, jetstreamext.BatchCommitHeader}
+
+// checkEventSize refuses an event larger than maxSize (0: no limit) with
+// ErrTooLarge. The headers the store adds for the server on the way out
+// (the expected sequence, an atomic batch's) are not counted.
+func checkEventSize(msg *nats.Msg, maxSize int) error {
+	if maxSize <= 0 {
+		return nil
+	}
+	size := messageSize(msg)
+	for _, k := range sendHeaders {
+		for _, v := range msg.Header[k] {
+			size -= len(k) + len(v) + 4
+		}
+	}
+	if size > maxSize {
+		return &Error{Op: "append", Subject: msg.Subject,
+			Err: fmt.Errorf("%w: %s event of %d bytes (payload %d) exceeds the store's MaxEventSize of %d bytes", ErrTooLarge, msg.Header.Get(HeaderEventType), size, len(msg.Data), maxSize)}
+	}
+	return nil
 }
 
 // messageSize approximates what the server counts against a stream's
@@ -200,11 +223,11 @@ func messageSize(m *nats.Msg) int {
 
 func validateEventID(id string) error {
 	if len(id) > MaxEventIDLength {
-		return fmt.Errorf("%w: event id %.40q... is longer than %d bytes", ErrInvalidID, id, MaxEventIDLength)
+		return fmt.Errorf("%w: %.40q... is longer than %d bytes", ErrInvalidEventID, id, MaxEventIDLength)
 	}
 	for i := 0; i < len(id); i++ {
 		if c := id[i]; c <= ' ' || c >= 0x7f {
-			return fmt.Errorf("%w: event id %q must be printable ASCII without spaces", ErrInvalidID, id)
+			return fmt.Errorf("%w: %q must be printable ASCII without spaces", ErrInvalidEventID, id)
 		}
 	}
 	return nil
@@ -219,6 +242,81 @@ func validateMetaKey(k string) error {
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
 			return fmt.Errorf("%w: metadata key %q may hold only letters, digits, '-' and '_'", ErrInvalidName, k)
 		}
+	}
+	return nil
+}
+
+// envelope is what an event message says besides its payload: its subject
+// and headers, checked.
+type envelope struct {
+	agg         Aggregate
+	typ         string
+	version     uint64
+	schema      int
+	time        time.Time // zero if absent
+	contentType string    // "" if absent
+}
+
+// parseEnvelope checks an event message's subject and headers (everything
+// but its payload and whether its type is registered). The error wraps
+// ErrDecode.
+func parseEnvelope(subj subjects, subject string, h nats.Header) (envelope, error) {
+	get := func(k string) string {
+		if v := h[k]; len(v) > 0 {
+			return v[0]
+		}
+		return ""
+	}
+	agg, err := subj.parse(subject)
+	if err != nil {
+		return envelope{}, fmt.Errorf("%w: %s", ErrDecode, errText(err))
+	}
+	env := envelope{agg: agg, typ: get(HeaderEventType), schema: 1, contentType: get(HeaderContentType)}
+	if env.typ == "" {
+		return envelope{}, fmt.Errorf("%w: missing %s header (not written by esnats?)", ErrDecode, HeaderEventType)
+	}
+	if err := ValidateName("event type", env.typ); err != nil {
+		return envelope{}, fmt.Errorf("%w: invalid %s header: %s", ErrDecode, HeaderEventType, errText(err))
+	}
+	env.version, err = strconv.ParseUint(get(HeaderVersion), 10, 64)
+	if err != nil || env.version == 0 {
+		return envelope{}, fmt.Errorf("%w: missing or invalid %s header %q", ErrDecode, HeaderVersion, get(HeaderVersion))
+	}
+	if s := get(HeaderSchema); s != "" {
+		env.schema, err = strconv.Atoi(s)
+		if err != nil || env.schema < 1 {
+			return envelope{}, fmt.Errorf("%w: invalid %s header %q", ErrDecode, HeaderSchema, s)
+		}
+	}
+	if s := get(HeaderTime); s != "" {
+		env.time, err = time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			return envelope{}, fmt.Errorf("%w: invalid %s header %q", ErrDecode, HeaderTime, s)
+		}
+	}
+	return env, nil
+}
+
+// CheckEvent checks a message of an event store as Load, ReadAll,
+// Store.Decode and consumers check it before they decode its payload, and
+// needs no registry: prefix is the store's subject prefix (Config.Subject,
+// by default the store name), subject the message's subject and sequence
+// its stream sequence (0 if unknown; it is only named in the error). It
+// checks that the subject is <prefix>.<aggregateType>.<aggregateID> with a
+// valid type and id token, and the headers Esnats-Type (present, a valid
+// name), Esnats-Version (a number >= 1), Esnats-Schema (absent, or a number
+// >= 1) and Esnats-Time (absent, or RFC 3339). The error is an *Error
+// (Op "decode") naming subject and sequence and wrapping ErrDecode, with the
+// same text a read would give.
+//
+// A nil error does not say that the payload decodes, nor that the event
+// type is registered: decoding needs the application's registry (a message
+// that passes CheckEvent and that Registry.Decode decodes is what a read
+// returns). Tools without the registry, such as the esnats command, use it
+// to tell why a message is not an event while still showing its payload.
+func CheckEvent(prefix, subject string, sequence uint64, header nats.Header) error {
+	if _, err := parseEnvelope(subjects{prefix: prefix}, subject, header); err != nil {
+		return &Error{Op: "decode", Subject: subject, Sequence: sequence, Err: err}
 	}
 	return nil
 }
@@ -238,9 +336,9 @@ func decodeEvent(reg *Registry, subj subjects, m rawMessage) (*Event, error) {
 	fail := func(err error) (*Event, error) {
 		return nil, &Error{Op: "decode", Subject: m.Subject, Sequence: m.Sequence, Err: err}
 	}
-	agg, err := subj.parse(m.Subject)
+	env, err := parseEnvelope(subj, m.Subject, m.Header)
 	if err != nil {
-		return fail(fmt.Errorf("%w: %v", ErrDecode, err))
+		return fail(err)
 	}
 	h := m.Header
 	get := func(k string) string {
@@ -249,29 +347,7 @@ func decodeEvent(reg *Registry, subj subjects, m rawMessage) (*Event, error) {
 		}
 		return ""
 	}
-	typ := get(HeaderEventType)
-	if typ == "" {
-		return fail(fmt.Errorf("%w: missing %s header (not written by esnats?)", ErrDecode, HeaderEventType))
-	}
-	version, err := strconv.ParseUint(get(HeaderVersion), 10, 64)
-	if err != nil || version == 0 {
-		return fail(fmt.Errorf("%w: missing or invalid %s header %q", ErrDecode, HeaderVersion, get(HeaderVersion)))
-	}
-	schema := 1
-	if s := get(HeaderSchema); s != "" {
-		schema, err = strconv.Atoi(s)
-		if err != nil || schema < 1 {
-			return fail(fmt.Errorf("%w: invalid %s header %q", ErrDecode, HeaderSchema, s))
-		}
-	}
-	var ts time.Time
-	if s := get(HeaderTime); s != "" {
-		ts, err = time.Parse(time.RFC3339Nano, s)
-		if err != nil {
-			return fail(fmt.Errorf("%w: invalid %s header %q", ErrDecode, HeaderTime, s))
-		}
-	}
-	ct := get(HeaderContentType)
+	agg, typ, version, schema, ts, ct := env.agg, env.typ, env.version, env.schema, env.time, env.contentType
 	data, err := reg.Decode(typ, schema, ct, m.Data)
 	if err != nil {
 		return fail(err)

@@ -319,8 +319,12 @@ func (d *demo) longHistory(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		read := d.loads.events.Load() - before
 		fmt.Fprintf(d.w, "   %s loads carol: read %3d events -> %d lines, %d units, version %d\n",
-			how, d.loads.events.Load()-before, len(cart.Items), cart.Quantity(), cart.Version())
+			how, read, len(cart.Items), cart.Quantity(), cart.Version())
+		if useSnapshots {
+			fmt.Fprintf(d.w, "   (the snapshot's own last event, read to check the stream still holds it, and the %d after it)\n", read-1)
+		}
 		fresh.Flush()
 	}
 	return nil

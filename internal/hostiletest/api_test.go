@@ -106,13 +106,17 @@ var apiCases = []apiCase{
 		return err
 	}},
 	{"Store.Append", "an unregistered Go type", stream.ErrUnknownEventType, appendTo(cart, []stream.EventData{{Data: Unregistered{X: 1}}})},
+	{"Store.Append", "`ExpectAny()` and an unregistered Go type (checked before the read of the last revision)", stream.ErrUnknownEventType, func(e *apiEnv) error {
+		_, err := e.store.Append(context.Background(), cart, stream.ExpectAny(), []stream.EventData{{Data: Unregistered{X: 1}}})
+		return err
+	}},
 	{"Store.Append", "`Data: nil`", stream.ErrUnknownEventType, appendTo(cart, []stream.EventData{{Data: nil}})},
 	{"Store.Append", "a nil `*ItemAdded`", stream.ErrEncode, appendTo(cart, []stream.EventData{{Data: (*ItemAdded)(nil)}})},
 	{"Store.Append", "a registered type msgpack cannot encode (a channel)", stream.ErrEncode, appendTo(cart, []stream.EventData{{Data: Odd{C: make(chan int)}}})},
 	{"Store.Append", "an event of 40 KiB (MaxEventSize 32 KiB)", stream.ErrTooLarge, appendTo(cart, []stream.EventData{{Data: ItemAdded{SKU: strings.Repeat("x", 40<<10)}}})},
-	{"Store.Append", "event id `a b` (a space)", stream.ErrInvalidID, appendTo(cart, []stream.EventData{{ID: "a b", Data: ItemAdded{}}})},
-	{"Store.Append", "event id of 129 bytes", stream.ErrInvalidID, appendTo(cart, []stream.EventData{{ID: strings.Repeat("i", 129), Data: ItemAdded{}}})},
-	{"Store.Append", "two events with the id `e1`", stream.ErrInvalidID, appendTo(cart, []stream.EventData{{ID: "e1", Data: ItemAdded{}}, {ID: "e1", Data: ItemAdded{}}})},
+	{"Store.Append", "event id `a b` (a space)", stream.ErrInvalidEventID, appendTo(cart, []stream.EventData{{ID: "a b", Data: ItemAdded{}}})},
+	{"Store.Append", "event id of 129 bytes", stream.ErrInvalidEventID, appendTo(cart, []stream.EventData{{ID: strings.Repeat("i", 129), Data: ItemAdded{}}})},
+	{"Store.Append", "two events with the id `e1`", stream.ErrInvalidEventID, appendTo(cart, []stream.EventData{{ID: "e1", Data: ItemAdded{}}, {ID: "e1", Data: ItemAdded{}}})},
 	{"Store.Append", "metadata key `bad key`", stream.ErrInvalidName, appendTo(cart, []stream.EventData{{Data: ItemAdded{}, Metadata: map[string]string{"bad key": "x"}}})},
 	{"Store.Append", "`WithMetadata` key `a.b`", stream.ErrInvalidName, appendTo(cart, oneItem, stream.WithMetadata(map[string]string{"a.b": "x"}))},
 	{"Store.Load", "aggregate id `\"\"`", stream.ErrInvalidID, func(e *apiEnv) error {
@@ -223,20 +227,43 @@ func normalize(msg string) string {
 	return sizeRe.ReplaceAllString(msg, "event of <n> bytes (payload")
 }
 
-// TestExpectAnyReadsFirst: with ExpectAny, Append reads the aggregate's
-// last revision before it encodes the events, so an unregistered type (or
-// an oversized event) is reported after that read, not before any I/O.
-func TestExpectAnyReadsFirst(t *testing.T) {
+// TestExpectAnyValidatesFirst: with ExpectAny, Append reads the
+// aggregate's last revision to number the events, but only after it has
+// encoded and checked them: bad input is refused before any I/O, here on a
+// store whose connection is closed (a read would fail with
+// nats.ErrConnectionClosed), while valid input gets as far as the read.
+func TestExpectAnyValidatesFirst(t *testing.T) {
 	t.Parallel()
 	srv := embedded.RunServer(t)
 	nc, js := embedded.MustJetStream(t, srv)
-	store, err := stream.NewStore(context.Background(), js, stream.Config{Name: storeName, Registry: registry()})
+	store, err := stream.NewStore(context.Background(), js, stream.Config{Name: storeName, Registry: registry(), MaxEventSize: maxEventSize})
 	require.NoError(t, err)
-	_, err = store.Append(context.Background(), cart, stream.ExpectAny(), []stream.EventData{{Data: Unregistered{}}})
-	require.ErrorIs(t, err, stream.ErrUnknownEventType)
 	nc.Close()
-	_, err = store.Append(context.Background(), cart, stream.ExpectAny(), []stream.EventData{{Data: Unregistered{}}})
-	require.ErrorIs(t, err, nats.ErrConnectionClosed)
+	ctx := context.Background()
+	bob := stream.Aggregate{Type: "cart", ID: "bob"}
+	for _, c := range []struct {
+		name string
+		reqs []stream.AppendRequest
+		want error
+	}{
+		{"an unregistered type", []stream.AppendRequest{{Aggregate: cart, Expect: stream.ExpectAny(), Events: []stream.EventData{{Data: Unregistered{}}}}}, stream.ErrUnknownEventType},
+		{"a nil payload", []stream.AppendRequest{{Aggregate: cart, Expect: stream.ExpectAny(), Events: []stream.EventData{{Data: (*ItemAdded)(nil)}}}}, stream.ErrEncode},
+		{"an event too large", []stream.AppendRequest{{Aggregate: cart, Expect: stream.ExpectAny(), Events: []stream.EventData{{Data: ItemAdded{SKU: strings.Repeat("x", 40<<10)}}}}}, stream.ErrTooLarge},
+		{"a bad metadata key", []stream.AppendRequest{{Aggregate: cart, Expect: stream.ExpectAny(), Events: []stream.EventData{{Data: ItemAdded{}, Metadata: map[string]string{"a b": "x"}}}}}, stream.ErrInvalidName},
+		{"a bad event id", []stream.AppendRequest{{Aggregate: cart, Expect: stream.ExpectAny(), Events: []stream.EventData{{ID: "a b", Data: ItemAdded{}}}}}, stream.ErrInvalidEventID},
+		{"a bad event of the second aggregate", []stream.AppendRequest{
+			{Aggregate: cart, Expect: stream.ExpectAny(), Events: oneItem},
+			{Aggregate: bob, Expect: stream.ExpectAny(), Events: []stream.EventData{{Data: Unregistered{}}}},
+		}, stream.ErrUnknownEventType},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := store.AppendBatch(ctx, c.reqs)
+			require.ErrorIs(t, err, c.want)
+			assert.NotErrorIs(t, err, nats.ErrConnectionClosed, "the append did I/O before it checked its events")
+		})
+	}
+	_, err = store.Append(ctx, cart, stream.ExpectAny(), oneItem)
+	require.ErrorIs(t, err, nats.ErrConnectionClosed, "valid events: the append reads the last revision")
 	assert.EqualError(t, err, "esnats: read shop.cart.alice: nats: connection closed")
 }
 

@@ -40,6 +40,13 @@ func newTable(title, intro string, header ...string) *table {
 	return &table{title: title, intro: intro, header: header, rows: map[int][]string{}}
 }
 
+// setIntro sets the text under the table's title.
+func (tb *table) setIntro(intro string) {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	tb.intro = intro
+}
+
 // record sets row i (rows are rendered in the order of i).
 func (tb *table) record(i int, cells ...string) {
 	tb.mu.Lock()
@@ -76,10 +83,10 @@ var (
 		"Each row is one message published with a plain JetStream publish on the store `shop` (`MaxEventSize` 32 KiB), between valid events, and what each reader then does. "+
 			"\"Load\" is `Store.Load` of the aggregate the subject names, and `Repository.Load` and `Repository.Update` return the very same error (Update runs no command and writes nothing). "+
 			"\"ReadAll\" reads the store from the message on; with `SkipUndecodable` the callback gets the error and the read goes on to the valid events after it. "+
-			"The consumer and the projection read the whole store: \"parked\" means the message went to `shop_dlq` with the `Esnats-Parked-*` headers and the valid events after it were handled; \"stops\" means `Run` returned the error below, wrapped as shown after the table. \"esnats events\" is `esnats events shop --json` with the store's registry: whether it shows the message and why it cannot be decoded (its `decode_error`).",
+			"The consumer (a handler for each of the two event types) and the projection (one handler for every event) read the whole store: \"parked\" means the message went to `shop_dlq` with the `Esnats-Parked-*` headers and the valid events after it were handled; \"stops\" means `Run` returned the error below, wrapped as shown after the table; \"skipped\" means it was acknowledged without a call and without being decoded (the consumer has no handler for its event type). \"esnats events\" is `esnats events shop --json` with the store's registry: whether it shows the message and why it cannot be decoded (its `decode_error`).",
 		"what the other client wrote", "Load (and Repository)", "ReadAll", "errors.Is", "consumer: Park / Stop", "projection: Park / Stop", "esnats events")
 	wrappingTable = newTable("How consumers and projections report an undecodable message",
-		"Real messages for the first row above (no headers at all), at sequence 2 of the store. The `parker` consumer and the `proj-park` projection read the whole store with the Park policy.",
+		"", // set by the test from the message it shows
 		"where", "what it says")
 	apiTable = newTable("Invalid input at the API",
 		"Refused before any I/O: the tests call each of these on a store whose connection is already closed, so an error that needed the server would be a different one.",
@@ -109,6 +116,7 @@ var sentinels = []struct {
 	{"ErrNotFound", stream.ErrNotFound},
 	{"ErrUnknownEventType", stream.ErrUnknownEventType},
 	{"ErrInvalidID", stream.ErrInvalidID},
+	{"ErrInvalidEventID", stream.ErrInvalidEventID},
 	{"ErrInvalidName", stream.ErrInvalidName},
 	{"ErrDecode", stream.ErrDecode},
 	{"ErrEncode", stream.ErrEncode},
@@ -116,6 +124,7 @@ var sentinels = []struct {
 	{"ErrTooLarge", stream.ErrTooLarge},
 	{"ErrTooManyEvents", stream.ErrTooManyEvents},
 	{"ErrIndeterminate", stream.ErrIndeterminate},
+	{"ErrPermissionDenied", stream.ErrPermissionDenied},
 	{"ErrStoreConfig", stream.ErrStoreConfig},
 	{"kv.ErrCorruptSnapshot", kv.ErrCorruptSnapshot},
 	{"kv.ErrInvalidSnapshot", kv.ErrInvalidSnapshot},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -289,4 +290,40 @@ func TestSetupWithoutPermission(t *testing.T) {
 		}
 		c.vio.waitFor(t, "$JS.API.DIRECT.GET.shop")
 	})
+}
+
+// TestCommandsWithoutPermission: esnats commands run as a user whose
+// permissions lack what they need (the service's shop-app: no consumers,
+// no listings, no control plane) fail at once with exit code 1, naming the
+// refused subject, instead of waiting for --timeout (10s here) or, for
+// the key listing of "esnats snapshots", until interrupted.
+func TestCommandsWithoutPermission(t *testing.T) {
+	t.Parallel()
+	s := newShop(t)
+	s.addItems(t, "alice@example.com", ItemAdded{SKU: "apple", Quantity: 2}, ItemAdded{SKU: "pear", Quantity: 1})
+	s.carts.Flush()
+	const id = `\w+`
+	for _, tc := range []struct {
+		args []string
+		want string // regexp of stderr
+	}{
+		{[]string{"snapshots"}, `^esnats: listing bucket "esnats_snapshots": permission denied: this user may not publish to "\$JS\.API\.CONSUMER\.CREATE\.KV_esnats_snapshots\.` + id + `\.\$KV\.esnats_snapshots\.>" \(a key listing creates a consumer on the bucket's stream KV_esnats_snapshots\)\n$`},
+		{[]string{"snapshots", "cart"}, `^esnats: listing bucket "esnats_snapshots": permission denied: this user may not publish to "\$JS\.API\.CONSUMER\.CREATE\.KV_esnats_snapshots\.` + id + `\.\$KV\.esnats_snapshots\.cart\.\*" `},
+		{[]string{"events", "shop"}, `^esnats: reading store "shop": permission denied: this user may not publish to "\$JS\.API\.CONSUMER\.CREATE\.shop\.` + id + `\.shop\.>" \(reading events creates a consumer on the store and pulls from it\)\n$`},
+		{[]string{"events", "shop", "-f"}, `^esnats: reading store "shop": permission denied: this user may not publish to "\$JS\.API\.CONSUMER\.CREATE\.shop\.` + id + `\.shop\.>" `},
+		{[]string{"aggregate", "shop", "cart", "alice@example.com"}, `^esnats: reading store "shop": permission denied: this user may not publish to "\$JS\.API\.CONSUMER\.CREATE\.shop\.` + id + `\.shop\.cart\.alice=40example=2Ecom" `},
+		{[]string{"consumers", "shop"}, `^esnats: listing the consumers of store "shop": permission denied: this user may not publish to "\$JS\.API\.CONSUMER\.LIST\.shop"\n$`},
+		{[]string{"stores"}, `^esnats: listing streams: permission denied: this user may not publish to "\$JS\.API\.STREAM\.LIST"\n$`},
+		{[]string{"projections", "status", "shop"}, `^esnats: projections: finding the workers of store "shop": permission denied: the server refused to let this connection publish to "\$SRV\.PING\.esnats-projections"; the request was dropped, nothing was done\n$`},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			args := append([]string{"--context", natsContext(t, appUser.inbox), "-s", s.srv.ClientURL(), "--timeout", "10s"}, appUser.cliLogin()...)
+			start := time.Now()
+			r := runCLIWithin(t, 30*time.Second, append(args, tc.args...)...)
+			took := time.Since(start)
+			assert.Equal(t, cli.ExitError, r.code, r.stderr)
+			assert.Regexp(t, tc.want, r.stderr)
+			assert.Less(t, took, 3*time.Second, "refused at once, not after --timeout 10s")
+		})
+	}
 }

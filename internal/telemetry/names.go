@@ -119,6 +119,7 @@ const (
 	ReasonSchema      = "schema"       // another state type or schema version
 	ReasonContentType = "content_type" // a codec this process does not know
 	ReasonUnreadable  = "unreadable"   // the read failed (server, connection)
+	ReasonMismatch    = "mismatch"     // names an event the stream does not hold (ahead of it, purged)
 )
 
 // SystemNATS is messaging.system=nats, on every span.

@@ -558,9 +558,25 @@ func testInvalidIDs(e *env) {
 	}
 	for _, id := range []string{"has space", "tab\t", "ümlaut", strings.Repeat("e", stream.MaxEventIDLength+1)} {
 		_, err := e.st.Append(cancelled, cart1, stream.ExpectNone(), []stream.EventData{{ID: id, Data: ItemAdded{}}})
-		assert.ErrorIs(t, err, stream.ErrInvalidID, "event id %.20q", id)
+		assert.ErrorIs(t, err, stream.ErrInvalidEventID, "event id %.20q", id)
+		assert.NotErrorIs(t, err, stream.ErrInvalidID, "an event id is not an aggregate id")
+		assert.Contains(t, err.Error(), "invalid event id", "event id %.20q", id)
+		// Also with ExpectAny, which reads only after checking the events.
+		_, err = e.st.Append(cancelled, cart1, stream.ExpectAny(), []stream.EventData{{ID: id, Data: ItemAdded{}}})
+		assert.ErrorIs(t, err, stream.ErrInvalidEventID, "ExpectAny, event id %.20q", id)
 	}
-	_, err := e.st.Append(e.ctx, cart1, stream.ExpectNone(), []stream.EventData{{Data: ItemAdded{}, Metadata: map[string]string{"bad key": "v"}}})
+	_, err := e.st.Append(cancelled, cart1, stream.ExpectNone(), []stream.EventData{{ID: "twice", Data: ItemAdded{}}, {ID: "twice", Data: ItemAdded{}}})
+	assert.ErrorIs(t, err, stream.ErrInvalidEventID, "an event id twice in one append")
+	// Bad events are refused before the read ExpectAny makes (here it would
+	// fail: the context is cancelled).
+	_, err = e.st.Append(cancelled, cart1, stream.ExpectAny(), []stream.EventData{{Data: struct{ Unknown int }{}}})
+	assert.ErrorIs(t, err, stream.ErrUnknownEventType, "ExpectAny with an unregistered type")
+	_, err = e.st.AppendBatch(cancelled, []stream.AppendRequest{
+		{Aggregate: cart1, Expect: stream.ExpectAny(), Events: added("a", 1)},
+		{Aggregate: cart2, Expect: stream.ExpectAny(), Events: []stream.EventData{{Data: struct{ Unknown int }{}}}},
+	})
+	assert.ErrorIs(t, err, stream.ErrUnknownEventType, "ExpectAny, an unregistered type in the second aggregate")
+	_, err = e.st.Append(e.ctx, cart1, stream.ExpectNone(), []stream.EventData{{Data: ItemAdded{}, Metadata: map[string]string{"bad key": "v"}}})
 	assert.ErrorIs(t, err, stream.ErrInvalidName, "metadata key")
 	_, err = e.st.Append(e.ctx, cart1, stream.ExpectNone(), added("a", 1), stream.WithMetadata(map[string]string{"bad.key": "v"}))
 	assert.ErrorIs(t, err, stream.ErrInvalidName, "metadata key of the append")

@@ -241,6 +241,101 @@ func testVersionGap(e *env) {
 	}
 }
 
+// testFirstVersion: a load from the beginning requires the aggregate's
+// first event to be version 1, and a load AfterRevision(r) the version
+// after r's; both report another as ErrDecode naming the message. A load
+// from a later sequence has nothing to compare the first event with.
+func testFirstVersion(e *env) {
+	t := e.t
+	// Another client wrote an aggregate whose first event is version 2.
+	first := stream.Aggregate{Type: "cart", ID: "starts-at-2"}
+	subj := e.subject(first)
+	e.append(stream.Aggregate{Type: "cart", ID: "before"}, stream.ExpectNone(), added("x", 1)...)
+	seq := e.fx.PutRaw(subj, header(TypeItemAdded, 2), mustMsgpack(ItemAdded{SKU: "raw"}))
+	e.fx.PutRaw(subj, header(TypeItemAdded, 3), mustMsgpack(ItemAdded{SKU: "raw"}))
+	requireFirst := func(what string, err error, seq uint64, text string) {
+		t.Helper()
+		require.ErrorIs(t, err, stream.ErrDecode, what)
+		var se *stream.Error
+		require.ErrorAs(t, err, &se, what)
+		require.Equal(t, subj, se.Subject, "%s: the error names the subject", what)
+		require.Equal(t, seq, se.Sequence, "%s: the error names the sequence", what)
+		require.Contains(t, err.Error(), text, what)
+	}
+	failed := func(_ []*stream.Event, err error) bool { return err != nil }
+	for _, opts := range [][]stream.ReadOption{nil, {stream.FromSequence(1)}, {stream.FromVersion(3)}, {stream.AfterRevision(stream.Revision{})}, {stream.WithBatchSize(1)}} {
+		evs, err := e.eventually(func() ([]*stream.Event, error) { return collect(e.st.Load(e.ctx, first, opts...)) }, failed)
+		requireFirst("Load from the beginning", err, seq, "version 2 is the first event of cart/starts-at-2 (expected 1)")
+		require.Empty(t, evs)
+	}
+	// From its own sequence on, nothing says it should be version 1.
+	e.loadVersions(first, span(2, 3), stream.FromSequence(seq))
+	// ReadAll checks no versions; LastRevision reports what is there.
+	e.readAll(3)
+	require.Equal(t, uint64(3), e.last(first).Version)
+
+	// AfterRevision: the tail after a snapshot at a revision.
+	agg := stream.Aggregate{Type: "cart", ID: "tail"}
+	r1 := e.append(agg, stream.ExpectNone(), added("a", 2)...)
+	r2 := e.append(agg, stream.ExpectRevision(r1.Last), added("b", 3)...)
+	e.loadVersions(agg, span(1, 5))
+	e.loadVersions(agg, span(3, 5), stream.AfterRevision(r1.Last))
+	e.loadVersions(agg, span(4, 5), stream.AfterRevision(stream.Revision{Version: 3, Sequence: r2.First.Sequence}))
+	e.loadVersions(agg, nil, stream.AfterRevision(r2.Last))
+	e.loadVersions(agg, span(4, 5), stream.AfterRevision(r1.Last), stream.FromVersion(4))
+	// A revision that lies about the version: the first event read is not
+	// the one after it.
+	tail := e.subject(agg)
+	evs, err := collect(e.st.Load(e.ctx, agg, stream.AfterRevision(stream.Revision{Version: 7, Sequence: r1.Last.Sequence})))
+	require.ErrorIs(t, err, stream.ErrDecode)
+	var se *stream.Error
+	require.ErrorAs(t, err, &se)
+	require.Equal(t, tail, se.Subject)
+	require.Equal(t, r2.First.Sequence, se.Sequence)
+	require.Equal(t, fmt.Sprintf("esnats: load %s at sequence %d: cannot decode event: version 3 is the first event of cart/tail after version 7 at sequence %d (expected 8)", tail, r2.First.Sequence, r1.Last.Sequence), err.Error())
+	require.Empty(t, evs)
+	// FromSequence replaces AfterRevision (and the check), and the other
+	// way round.
+	e.loadVersions(agg, span(3, 5), stream.AfterRevision(stream.Revision{Version: 7, Sequence: r1.Last.Sequence}), stream.FromSequence(r2.First.Sequence))
+	_, err = collect(e.st.Load(e.ctx, agg, stream.FromSequence(r2.First.Sequence), stream.AfterRevision(stream.Revision{Version: 1, Sequence: r1.Last.Sequence})))
+	require.ErrorIs(t, err, stream.ErrDecode)
+}
+
+// purger is a store that can erase an aggregate (Store.Purge,
+// MemoryStore.Purge).
+type purger interface {
+	Purge(ctx context.Context, agg stream.Aggregate) error
+}
+
+// testPurgeStartsAgain: a purged aggregate starts again from no events:
+// its next append is version 1 and it loads from there.
+func testPurgeStartsAgain(e *env) {
+	p, ok := e.st.(purger)
+	if !ok {
+		e.t.Skip("the store has no Purge method")
+	}
+	t := e.t
+	agg := stream.Aggregate{Type: "cart", ID: "purged"}
+	other := stream.Aggregate{Type: "cart", ID: "kept"}
+	r := e.append(agg, stream.ExpectNone(), added("a", 3)...)
+	o := e.append(other, stream.ExpectNone(), added("o", 1)...)
+	require.NoError(t, p.Purge(e.ctx, agg))
+	require.Equal(t, stream.Revision{}, e.last(agg))
+	e.loadVersions(agg, nil)
+	again := e.append(agg, stream.ExpectNone(), added("b", 2)...)
+	require.Equal(t, uint64(1), again.First.Version)
+	require.Greater(t, again.First.Sequence, r.Last.Sequence, "sequences are never reused")
+	evs := e.loadVersions(agg, span(1, 2))
+	require.Equal(t, again.First, evs[0].Revision())
+	// ExpectAny numbers from the purged state too.
+	ra, err := e.st.Append(e.ctx, agg, stream.ExpectAny(), added("c", 1))
+	require.NoError(t, err)
+	require.Equal(t, uint64(3), ra.Last.Version)
+	e.loadVersions(agg, span(1, 3))
+	e.loadVersions(other, span(1, 1))
+	require.Equal(t, o.Last, e.last(other))
+}
+
 // testForeignWriter: events written by another program (another language,
 // the nats CLI) with only the required headers are read like the store's own.
 func testForeignWriter(e *env) {

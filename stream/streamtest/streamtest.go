@@ -137,6 +137,8 @@ var behaviours = []behaviour{
 	{"ReadAllFilteredWithLimit", testReadAllFilteredWithLimit, nil},
 	{"BadInput", testBadInput, nil},
 	{"VersionGap", testVersionGap, nil},
+	{"FirstVersion", testFirstVersion, nil},
+	{"PurgeStartsAgain", testPurgeStartsAgain, nil},
 	{"ForeignWriter", testForeignWriter, nil},
 	{"Upcast", testUpcast, upcastRegistry},
 	{"CancelledContext", testCancelledContext, nil},
