@@ -78,50 +78,17 @@ func (s *Store) Append(ctx context.Context, agg Aggregate, expect Expectation, e
 // whole call is one command, never split); a *ConflictError names the
 // first aggregate found to have moved.
 func (s *Store) AppendBatch(ctx context.Context, reqs []AppendRequest, opts ...AppendOption) (res []AppendResult, err error) {
-	o := buildAppendOptions(opts)
-	ps, err := s.prepare(reqs)
+	ctx, ps, o, op, err := s.begin(ctx, reqs, opts)
 	if err != nil {
 		return nil, err
-	}
-	events := 0
-	for _, p := range ps {
-		events += len(p.events)
-	}
-	// The command's trace context (ContextWithTrace) goes into the events'
-	// headers; without one, the append's own span (when tracing is on).
-	tc, hasTrace := TraceFromContext(ctx)
-	var op telemetry.Op
-	if len(ps) == 1 {
-		ctx, op = s.tel.StartAppend(ctx, ps[0].agg.Type, ps[0].agg.ID, ps[0].filter, events)
-	} else {
-		ctx, op = s.tel.StartAppend(ctx, "", "", "", events)
 	}
 	defer func() {
 		n := 0
 		if err == nil {
-			n = events
+			n = op.events
 		}
 		op.End(n, err)
 	}()
-	meta := eventMeta{correlationID: o.correlationID, causationID: o.causationID, metadata: o.metadata, now: o.now().UTC()}
-	if hasTrace {
-		meta.trace = tc
-	} else if parent, state := telemetry.TraceHeaders(ctx); parent != "" {
-		meta.trace = TraceContext{TraceParent: parent, TraceState: state}
-	}
-	for key := range o.metadata {
-		if err := validateMetaKey(key); err != nil {
-			return nil, err
-		}
-	}
-	// Every event is encoded (and so checked: registered type, payload,
-	// size) before any I/O, also with ExpectAny, whose events are then
-	// numbered again from the revision read.
-	for _, p := range ps {
-		if err := s.encode(p, &meta); err != nil {
-			return nil, err
-		}
-	}
 	for attempt := 1; ; attempt++ {
 		anyExpect := false
 		for _, p := range ps {
@@ -150,6 +117,56 @@ func (s *Store) AppendBatch(ctx context.Context, reqs []AppendRequest, opts ...A
 		}
 		return res, err
 	}
+}
+
+// appendOp is an append's telemetry and its number of events.
+type appendOp struct {
+	telemetry.Op
+	events int
+}
+
+// begin validates and encodes reqs (before any I/O: also with ExpectAny,
+// whose events are numbered again from the revision read) and starts the
+// append's span and metrics. On an error after the span started, begin
+// ends it.
+func (s *Store) begin(ctx context.Context, reqs []AppendRequest, opts []AppendOption) (context.Context, []*prepared, appendOptions, appendOp, error) {
+	o := buildAppendOptions(opts)
+	ps, err := s.prepare(reqs)
+	if err != nil {
+		return ctx, nil, o, appendOp{}, err
+	}
+	events := 0
+	for _, p := range ps {
+		events += len(p.events)
+	}
+	// The command's trace context (ContextWithTrace) goes into the events'
+	// headers; without one, the append's own span (when tracing is on).
+	tc, hasTrace := TraceFromContext(ctx)
+	var op telemetry.Op
+	if len(ps) == 1 {
+		ctx, op = s.tel.StartAppend(ctx, ps[0].agg.Type, ps[0].agg.ID, ps[0].filter, events)
+	} else {
+		ctx, op = s.tel.StartAppend(ctx, "", "", "", events)
+	}
+	meta := eventMeta{correlationID: o.correlationID, causationID: o.causationID, metadata: o.metadata, now: o.now().UTC()}
+	if hasTrace {
+		meta.trace = tc
+	} else if parent, state := telemetry.TraceHeaders(ctx); parent != "" {
+		meta.trace = TraceContext{TraceParent: parent, TraceState: state}
+	}
+	for key := range o.metadata {
+		if err := validateMetaKey(key); err != nil {
+			op.End(0, err)
+			return ctx, nil, o, appendOp{}, err
+		}
+	}
+	for _, p := range ps {
+		if err := s.encode(p, &meta); err != nil {
+			op.End(0, err)
+			return ctx, nil, o, appendOp{}, err
+		}
+	}
+	return ctx, ps, o, appendOp{Op: op, events: events}, nil
 }
 
 func expectsAny(ps []*prepared, agg Aggregate) bool {

@@ -2,11 +2,15 @@ package stream
 
 import (
 	"context"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // DefaultMaxPendingAppends bounds the appends a Store keeps in flight for
 // AppendAsync when Config.MaxPendingAppends is zero.
-const DefaultMaxPendingAppends = 4096
+const DefaultMaxPendingAppends = 2048
 
 // PendingAppend is an append started by AppendAsync.
 type PendingAppend struct {
@@ -43,9 +47,99 @@ func endedAppend(err error) *PendingAppend {
 }
 
 // asyncAppender runs appends in the background, at most cap(slots) at a
-// time.
+// time. Pipelined appends wait for their acknowledgements in one collector
+// goroutine, in the order they were published (a stream acknowledges in
+// that order), started when the first is queued and ended when none is left.
 type asyncAppender struct {
 	slots chan struct{}
+
+	mu         sync.Mutex
+	queue      []*inFlight
+	collecting bool
+}
+
+func (a *asyncAppender) collect(s *Store, f *inFlight) {
+	a.mu.Lock()
+	a.queue = append(a.queue, f)
+	start := !a.collecting
+	a.collecting = true
+	a.mu.Unlock()
+	if start {
+		go a.collector(s)
+	}
+}
+
+func (a *asyncAppender) collector(s *Store) {
+	var timer *time.Timer
+	for {
+		a.mu.Lock()
+		if len(a.queue) == 0 {
+			a.collecting = false
+			a.mu.Unlock()
+			return
+		}
+		f := a.queue[0]
+		a.queue[0] = nil
+		a.queue = a.queue[1:]
+		a.mu.Unlock()
+		// An answer already in (the usual case when the queue is long) is
+		// taken before the deadline is looked at.
+		select {
+		case ack := <-f.fut.Ok():
+			a.answered(s, f, ack)
+			continue
+		case <-f.fut.Err():
+			go s.settlePipelined(f, true)
+			continue
+		default:
+		}
+		wait := time.Until(f.deadline)
+		if timer == nil {
+			timer = time.NewTimer(wait)
+		} else {
+			timer.Reset(wait)
+		}
+		select {
+		case ack := <-f.fut.Ok():
+			a.answered(s, f, ack)
+		case <-f.fut.Err():
+			// A conflict, an unavailable stream, a lost connection: the
+			// synchronous path knows what each means.
+			go s.settlePipelined(f, true)
+		case <-timer.C:
+			go s.settlePipelined(f, true) // a lost answer, or a slow one
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+	}
+}
+
+// answered ends a pipelined append with its acknowledgement; a duplicate
+// (stored before, by another append with the same id) is settled by the
+// synchronous path, which reports where it is.
+func (a *asyncAppender) answered(s *Store, f *inFlight, ack *jetstream.PubAck) {
+	if ack.Duplicate {
+		go s.settlePipelined(f, true)
+		return
+	}
+	a.finish(f, results(f.ps, ack.Sequence, false), nil)
+}
+
+// finish ends a pipelined append.
+func (a *asyncAppender) finish(f *inFlight, res []AppendResult, err error) {
+	n := 0
+	if err == nil {
+		n = f.op.events
+		f.p.res = res[0]
+	}
+	f.op.End(n, err)
+	f.p.err = err
+	close(f.p.done)
+	<-a.slots
 }
 
 func newAsyncAppender(max int) *asyncAppender {
@@ -91,8 +185,68 @@ func (a *asyncAppender) start(ctx context.Context, append func() (AppendResult, 
 // that many are, or for ctx. ctx is also the context of the append itself.
 // Invalid input (ids, names, unknown types, sizes) ends the append at once
 // with Append's error, before any I/O.
+//
+// A single event with ExpectNone or ExpectRevision, on a store whose group
+// commit is GroupCommitPipeline or GroupCommitOff, is published at once
+// with an asynchronous JetStream publish; any answer but a plain
+// acknowledgement (a timeout, a conflict, a duplicate) hands it to Append's
+// own path, which resends it with the same id and settles it. Other
+// appends run Append in the background, where group commit coalesces them.
 func (s *Store) AppendAsync(ctx context.Context, agg Aggregate, expect Expectation, events []EventData, opts ...AppendOption) *PendingAppend {
+	if len(events) == 1 && expect.kind != expectAny && (s.gc == nil || s.gc.pipeline) {
+		return s.appendPipelined(ctx, agg, expect, events, opts)
+	}
 	return s.async.start(ctx, func() (AppendResult, error) { return s.Append(ctx, agg, expect, events, opts...) })
+}
+
+// inFlight is one pipelined append waiting for its acknowledgement.
+type inFlight struct {
+	p        *PendingAppend
+	ctx      context.Context
+	ps       []*prepared
+	o        appendOptions
+	op       appendOp
+	fut      jetstream.PubAckFuture
+	deadline time.Time
+}
+
+// appendPipelined publishes one event with PublishMsgAsync and leaves its
+// acknowledgement to the store's collector.
+func (s *Store) appendPipelined(ctx context.Context, agg Aggregate, expect Expectation, events []EventData, opts []AppendOption) *PendingAppend {
+	select {
+	case s.async.slots <- struct{}{}:
+	case <-ctx.Done():
+		return endedAppend(ctx.Err())
+	}
+	p := &PendingAppend{done: make(chan struct{})}
+	ctx, ps, o, op, err := s.begin(ctx, []AppendRequest{{Aggregate: agg, Expect: expect, Events: events}}, opts)
+	if err != nil {
+		<-s.async.slots
+		p.err = err
+		close(p.done)
+		return p
+	}
+	f := &inFlight{p: p, ctx: ctx, ps: ps, o: o, op: op, deadline: time.Now().Add(s.js.Options().DefaultTimeout)}
+	if err := ctx.Err(); err != nil {
+		s.async.finish(f, nil, &Error{Op: "append", Subject: ps[0].filter, Err: err})
+		return p
+	}
+	f.fut, err = s.js.PublishMsgAsync(ps[0].enc[0])
+	if err != nil {
+		// Perhaps written to the connection: settle it with the same id.
+		go s.settlePipelined(f, true)
+		return p
+	}
+	s.async.collect(s, f)
+	return p
+}
+
+// settlePipelined runs Append's own path for a pipelined append whose
+// answer was not a plain acknowledgement: a resend with the same id and
+// expectation, stored at most once, then the outcome.
+func (s *Store) settlePipelined(f *inFlight, uncertain bool) {
+	res, err := s.send(f.ctx, f.ps, f.o, uncertain)
+	s.async.finish(f, res, err)
 }
 
 // AppendAsync is Store.AppendAsync on the in-memory store (at most

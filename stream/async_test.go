@@ -55,18 +55,49 @@ func TestAppendAsync(t *testing.T) {
 
 // Two appends to one aggregate in flight together race: with the same
 // expectation exactly one lands, the other is a conflict.
+// In pipeline mode the second one's answer is the server's refusal, which
+// the synchronous path turns into a *ConflictError with the actual revision.
 func TestAppendAsyncSameAggregateRace(t *testing.T) {
 	srv := embedded.RunServer(t)
 	_, js := embedded.MustJetStream(t, srv)
-	st := newJSStore(t, js)
 	ctx := context.Background()
-	agg := stream.Aggregate{Type: "cart", ID: "race"}
-	a := st.AppendAsync(ctx, agg, stream.ExpectNone(), []stream.EventData{{Data: itemAdded{SKU: "a", Qty: 1}}})
-	b := st.AppendAsync(ctx, agg, stream.ExpectNone(), []stream.EventData{{Data: itemAdded{SKU: "b", Qty: 1}}})
-	_, errA := a.Result()
-	_, errB := b.Result()
-	require.True(t, (errA == nil) != (errB == nil), "exactly one lands: %v / %v", errA, errB)
-	assert.ErrorIs(t, errors.Join(errA, errB), stream.ErrConflict)
+	for _, gc := range []stream.GroupCommit{stream.GroupCommitBatch, stream.GroupCommitPipeline} {
+		t.Run(gc.String(), func(t *testing.T) {
+			st := newJSStore(t, js, func(c *stream.Config) { c.Name = "race_" + gc.String(); c.GroupCommit = gc })
+			agg := stream.Aggregate{Type: "cart", ID: "race"}
+			a := st.AppendAsync(ctx, agg, stream.ExpectNone(), []stream.EventData{{Data: itemAdded{SKU: "a", Qty: 1}}})
+			b := st.AppendAsync(ctx, agg, stream.ExpectNone(), []stream.EventData{{Data: itemAdded{SKU: "b", Qty: 1}}})
+			resA, errA := a.Result()
+			resB, errB := b.Result()
+			require.True(t, (errA == nil) != (errB == nil), "exactly one lands: %v / %v", errA, errB)
+			var ce *stream.ConflictError
+			require.ErrorAs(t, errors.Join(errA, errB), &ce)
+			landed := resA
+			if errA != nil {
+				landed = resB
+			}
+			assert.True(t, ce.ActualKnown)
+			assert.Equal(t, landed.Last, ce.Actual)
+			assert.Len(t, loadAll(t, st, agg), 1)
+		})
+	}
+}
+
+// An event sent again with the same id (a caller's retry) is stored once,
+// and the retry reports where it is, as Append does.
+func TestAppendAsyncDuplicate(t *testing.T) {
+	srv := embedded.RunServer(t)
+	_, js := embedded.MustJetStream(t, srv)
+	st := newJSStore(t, js, func(c *stream.Config) { c.GroupCommit = stream.GroupCommitPipeline })
+	ctx := context.Background()
+	agg := stream.Aggregate{Type: "cart", ID: "dup"}
+	ev := []stream.EventData{{ID: "ev-1", Data: itemAdded{SKU: "a", Qty: 1}}}
+	first, err := st.AppendAsync(ctx, agg, stream.ExpectNone(), ev).Result()
+	require.NoError(t, err)
+	again, err := st.AppendAsync(ctx, agg, stream.ExpectNone(), ev).Result()
+	require.NoError(t, err)
+	assert.True(t, again.Duplicate)
+	assert.Equal(t, first.Last, again.Last)
 	assert.Len(t, loadAll(t, st, agg), 1)
 }
 
