@@ -140,14 +140,6 @@ func encodeEvent(reg *Registry, subj subjects, agg Aggregate, idToken string, ve
 	} else if err := validateEventID(id); err != nil {
 		return encodedEvent{}, err
 	}
-	msg := nats.NewMsg(subj.aggregate(agg.Type, idToken))
-	h := msg.Header
-	h[HeaderEventID] = []string{id}
-	h[HeaderEventType] = []string{name}
-	h[HeaderVersion] = []string{strconv.FormatUint(version, 10)}
-	h[HeaderTime] = []string{m.now.Format(time.RFC3339Nano)}
-	h[HeaderContentType] = []string{reg.Codec().ContentType()}
-	h[HeaderSchema] = []string{strconv.Itoa(schema)}
 	corr, caus := ev.CorrelationID, ev.CausationID
 	if corr == "" {
 		corr = m.correlationID
@@ -155,27 +147,50 @@ func encodeEvent(reg *Registry, subj subjects, agg Aggregate, idToken string, ve
 	if caus == "" {
 		caus = m.causationID
 	}
+	// One map sized for every header and one array holding all their
+	// values: two allocations instead of one per header and the map's
+	// growth. The send path adds the expected-sequence header, hence the
+	// room for one more.
+	n := 6 + len(m.metadata) + len(ev.Metadata)
+	for _, v := range []string{corr, caus, m.trace.TraceParent, m.trace.TraceState} {
+		if v != "" {
+			n++
+		}
+	}
+	vals := make([]string, 0, n)
+	h := make(nats.Header, n+1)
+	set := func(k, v string) {
+		vals = append(vals, v)
+		h[k] = vals[len(vals)-1 : len(vals) : len(vals)]
+	}
+	set(HeaderEventID, id)
+	set(HeaderEventType, name)
+	set(HeaderVersion, strconv.FormatUint(version, 10))
+	set(HeaderTime, m.now.Format(time.RFC3339Nano))
+	set(HeaderContentType, reg.Codec().ContentType())
+	set(HeaderSchema, strconv.Itoa(schema))
 	if corr != "" {
-		h[HeaderCorrelationID] = []string{corr}
+		set(HeaderCorrelationID, corr)
 	}
 	if caus != "" {
-		h[HeaderCausationID] = []string{caus}
+		set(HeaderCausationID, caus)
 	}
+	msg := &nats.Msg{Subject: subj.aggregate(agg.Type, idToken), Header: h}
 	for k, v := range m.metadata {
 		if _, own := ev.Metadata[k]; !own {
-			h[HeaderMetaPrefix+k] = []string{v}
+			set(HeaderMetaPrefix+k, v)
 		}
 	}
 	for k, v := range ev.Metadata {
 		if err := validateMetaKey(k); err != nil {
 			return encodedEvent{}, err
 		}
-		h[HeaderMetaPrefix+k] = []string{v}
+		set(HeaderMetaPrefix+k, v)
 	}
 	if m.trace.TraceParent != "" {
-		h[HeaderTraceParent] = []string{m.trace.TraceParent}
+		set(HeaderTraceParent, m.trace.TraceParent)
 		if m.trace.TraceState != "" {
-			h[HeaderTraceState] = []string{m.trace.TraceState}
+			set(HeaderTraceState, m.trace.TraceState)
 		}
 	}
 	msg.Data = data
