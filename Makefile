@@ -20,19 +20,21 @@ demo:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -benchmem ./stream/ ./aggregate/
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./projections/
+	$(GO) test -run '^$$' -bench Memory -benchtime 1x -timeout 60m ./internal/membench/
 
 ## lint: formatting and vet
 lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 
-## fuzz: a longer fuzz run of the id escaping and envelope decoding targets
+## fuzz: a longer fuzz run of the id escaping, envelope decoding, codec, upcaster and snapshot targets
 FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzEncodeID$$' -fuzztime $(FUZZTIME) ./stream/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeID$$' -fuzztime $(FUZZTIME) ./stream/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime $(FUZZTIME) ./stream/
 	$(GO) test -run '^$$' -fuzz '^FuzzCodecUnmarshal$$' -fuzztime $(FUZZTIME) ./stream/
+	$(GO) test -run '^$$' -fuzz '^FuzzUpcast$$' -fuzztime $(FUZZTIME) ./stream/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeSnapshot$$' -fuzztime $(FUZZTIME) ./kv/
 
 ## soak: the soak run (minutes; not part of make test): mixed commands, loads, snapshots and

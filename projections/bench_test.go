@@ -39,9 +39,12 @@ package projections_test
 // Metrics: <kind>-events/s (n ÷ median time of the kind, from creating its
 // consumer to its last event applied and acknowledged) and
 // esnats/<kind> = esnats events/s ÷ <kind> events/s; fill-s is the fill's
-// time; esnats-events/batch the mean batch the model received; for the KV
-// modes, <kind>-kv-writes/event the bucket's writes per event. kv-cart-memory
-// takes about half of a 1,000,000-event run (2.5 of 6 minutes). Every kind is checked: the model equals the expected one, the
+// time; esnats-events/batch the mean batch the model received;
+// esnats-apply-share the share of the esnats kind's time spent in the
+// model's Apply (the rest: the consumer and the runner); for the KV modes,
+// <kind>-kv-writes/event the bucket's writes per event. kv-cart-memory is
+// the longest mode (its raw-kv kind writes 100 keys per batch, 16 at a
+// time). Every kind is checked: the model equals the expected one, the
 // consumer's acknowledgement floor is the store's last sequence. Unlike the
 // stream benchmarks there is no untimed run of each kind and no minimum of
 // 5 samples (a sample is a full catch-up); one untimed raw catch-up after
@@ -97,6 +100,9 @@ type catchUp struct {
 	// batchSize is the mean events per batch (x1000) of the last esnats
 	// run.
 	batchSize atomic.Int64
+	// applyShare is the share (x1000) of the last esnats run's time spent
+	// in the model's Apply.
+	applyShare atomic.Int64
 }
 
 func catchUpSize(b *testing.B) int {
@@ -326,12 +332,16 @@ type caughtUp struct {
 	target  uint64
 	batches atomic.Int64
 	events  atomic.Int64
+	applied atomic.Int64 // nanoseconds in the model's Apply
 	once    sync.Once
 	done    chan struct{}
 }
 
 func (w *caughtUp) Apply(ctx context.Context, evs []*stream.Event) error {
-	if err := w.ReadModel.Apply(ctx, evs); err != nil {
+	start := time.Now()
+	err := w.ReadModel.Apply(ctx, evs)
+	w.applied.Add(int64(time.Since(start)))
+	if err != nil {
 		return err
 	}
 	w.batches.Add(1)
@@ -405,6 +415,7 @@ func (f *catchUp) project(b *testing.B, model projections.ReadModel) time.Durati
 		b.Fatalf("%s: %d events applied, want %d", name, ev, f.n)
 	}
 	f.batchSize.Store(w.events.Load() * 1000 / max(w.batches.Load(), 1))
+	f.applyShare.Store(w.applied.Load() * 1000 / int64(d))
 	return d
 }
 
@@ -446,6 +457,9 @@ func (k *catchUpKinds) report(b *testing.B, f *catchUp) {
 	b.ReportMetric(f.took.Seconds(), "fill-s")
 	if bs := f.batchSize.Load(); bs > 0 {
 		b.ReportMetric(float64(bs)/1000, "esnats-events/batch")
+	}
+	if as := f.applyShare.Swap(0); as > 0 {
+		b.ReportMetric(float64(as)/1000, "esnats-apply-share")
 	}
 }
 
@@ -743,6 +757,140 @@ func BenchmarkCatchUp(b *testing.B) {
 		k.loop(b, 0, rawAck1, raw, rawFilter, esnats)
 		k.report(b, f)
 	})
+}
+
+// BenchmarkKVApply measures the KV read model's own writes, without a
+// consumer: 20,000 events in batches of 100 (items per key, the apply
+// function of BenchmarkCatchUp's KV modes) applied to a new in-memory
+// bucket, beside the writes a hand-written projector makes for the same
+// batches, in the same process, against the same embedded server, in the
+// same b.Loop (the order of the kinds rotates).
+//
+// Kinds: raw (per batch, a KV put of each key the batch changed, 16 in
+// flight, then of a checkpoint key: BenchmarkCatchUp's raw-kv), esnats (the
+// default cache), esnats-nocache (KVConfig.CacheBytes -1: every batch reads
+// the keys it touches). Sub-benchmarks: 7 keys (7 writes per batch) and 100
+// keys (every event of a batch on its own key). Metrics: <kind>-events/s
+// (20,000 ÷ the median time) and <kind>/raw.
+func BenchmarkKVApply(b *testing.B) {
+	const events, batch = 20_000, 100
+	ctx := context.Background()
+	srv := embedded.RunServer(b, func(o *embedded.Options) { o.Sync = embedded.SyncServerDefault })
+	_, js := embedded.MustJetStream(b, srv)
+	var seq atomic.Int64
+	bucket := func() string { return fmt.Sprint("kvapply-", seq.Add(1)) }
+	apply := func(ctx context.Context, tx *projections.KVBatch, ev *stream.Event) error {
+		it := ev.Data.(ItemAdded)
+		old, _, err := tx.Get(it.SKU)
+		if err != nil {
+			return err
+		}
+		n, _ := strconv.Atoi(string(old))
+		tx.Put(it.SKU, []byte(strconv.Itoa(n+it.Qty)))
+		return nil
+	}
+	for _, keys := range []int{7, 100} {
+		b.Run(fmt.Sprint(keys, "-keys"), func(b *testing.B) {
+			evs := make([]*stream.Event, events)
+			want := map[string]int{}
+			for i := range evs {
+				it := ItemAdded{SKU: fmt.Sprintf("s%d", i%keys), Qty: 1 + i%3}
+				evs[i] = &stream.Event{Type: "item-added", Sequence: uint64(i + 1), Data: it}
+				want[it.SKU] += it.Qty
+			}
+			check := func(kind string, got map[string][]byte) {
+				counts := map[string]int{}
+				for k, v := range got {
+					if k != "checkpoint" {
+						counts[k], _ = strconv.Atoi(string(v))
+					}
+				}
+				if !maps.Equal(counts, want) {
+					b.Fatalf("%s: bucket holds %d keys, want %d, or a wrong count", kind, len(counts), len(want))
+				}
+			}
+			raw := func() time.Duration {
+				kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket(), Storage: jetstream.MemoryStorage})
+				if err != nil {
+					b.Fatal(err)
+				}
+				tally := map[string]int{}
+				touched := map[string]bool{}
+				start := time.Now()
+				for i, ev := range evs {
+					it := ev.Data.(ItemAdded)
+					tally[it.SKU] += it.Qty
+					touched[it.SKU] = true
+					if (i+1)%batch != 0 {
+						continue
+					}
+					if err := putAll(touched, func(key string) error {
+						_, err := kv.Put(ctx, key, []byte(strconv.Itoa(tally[key])))
+						return err
+					}); err != nil {
+						b.Fatal(err)
+					}
+					clear(touched)
+					if _, err := kv.Put(ctx, "checkpoint", []byte(strconv.FormatUint(ev.Sequence, 10))); err != nil {
+						b.Fatal(err)
+					}
+				}
+				d := time.Since(start)
+				check("raw", readBucket(b, kv))
+				if err := js.DeleteKeyValue(ctx, kv.Bucket()); err != nil {
+					b.Fatal(err)
+				}
+				return d
+			}
+			model := func(cacheBytes int64) func() time.Duration {
+				return func() time.Duration {
+					name := bucket()
+					m, err := projections.NewKV(ctx, js, projections.KVConfig{Bucket: name, Memory: true, CacheBytes: cacheBytes}, apply)
+					if err != nil {
+						b.Fatal(err)
+					}
+					start := time.Now()
+					for i := 0; i < len(evs); i += batch {
+						if err := m.Apply(ctx, evs[i:i+batch]); err != nil {
+							b.Fatal(err)
+						}
+					}
+					d := time.Since(start)
+					all, err := m.All(ctx)
+					if err != nil {
+						b.Fatal(err)
+					}
+					check("esnats", all)
+					if err := js.DeleteKeyValue(ctx, name); err != nil {
+						b.Fatal(err)
+					}
+					return d
+				}
+			}
+			names := []string{"raw", "esnats", "esnats-nocache"}
+			ops := []func() time.Duration{raw, model(0), model(-1)}
+			d := make([][]time.Duration, len(ops))
+			n := 0
+			for b.Loop() {
+				for i := range ops {
+					j := (n + i) % len(ops)
+					d[j] = append(d[j], ops[j]())
+				}
+				n++
+			}
+			b.ReportMetric(0, "ns/op")
+			rates := make([]float64, len(ops))
+			for i := range ops {
+				s := slices.Clone(d[i])
+				slices.Sort(s)
+				rates[i] = float64(events) / s[len(s)/2].Seconds()
+				b.ReportMetric(rates[i], names[i]+"-events/s")
+				if i > 0 {
+					b.ReportMetric(rates[i]/rates[0], names[i]+"/raw")
+				}
+			}
+		})
+	}
 }
 
 // putAll calls put for every key, 16 at a time (as the KV read model

@@ -5,13 +5,17 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/esnats/esnats/internal/jsapi"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/esnats/esnats/kv"
@@ -45,10 +49,21 @@ const (
 	// writes (the first byte of each value; see KV).
 	KVEnvelopeVersion = 1
 
+	// DefaultKVCacheBytes is the default size of a KV read model's cache of
+	// the values it wrote (KVConfig.CacheBytes).
+	DefaultKVCacheBytes = 16 << 20
+
 	kvReservedPrefix = "_esnats"
-	kvHeaderLen      = 10 // version, flags, 8-byte sequence
-	kvFlagDeleted    = 1  // flags bit 0: tombstone
-	kvWriters        = 16 // concurrent key writes per batch
+	kvHeaderLen      = 10  // version, flags, 8-byte sequence
+	kvFlagDeleted    = 1   // flags bit 0: tombstone
+	kvReaders        = 16  // concurrent key reads at the end of a batch
+	kvPipeline       = 256 // key writes awaiting their acknowledgement
+	// kvCacheOverhead is what a cache entry costs beside its key and value
+	// (map slot, list links, revision and sequence), in bytes.
+	kvCacheOverhead = 128
+	// KV delete markers (ADR-8), as nats.go writes them.
+	kvOperationHeader = "KV-Operation"
+	kvOperationDelete = "DEL"
 )
 
 // KVConfig describes the JetStream KV bucket of a KV read model. Bucket is
@@ -73,6 +88,14 @@ type KVConfig struct {
 	// Description is the bucket's description, shown by the nats CLI.
 	// Optional.
 	Description string
+
+	// CacheBytes bounds the model's cache of the values it wrote itself
+	// (see KV: Cost), counting each key, its stored value and about 128
+	// bytes of bookkeeping; the least recently used keys leave it first.
+	// Default (0) DefaultKVCacheBytes, 16 MiB; negative: no cache (every
+	// batch reads the keys it touches). The cache is never needed for
+	// correctness, only to skip reads.
+	CacheBytes int64
 }
 
 // Validate reports whether c describes a bucket NewKV can create. The error
@@ -100,18 +123,22 @@ func (c KVConfig) Validate() error {
 //     the event at sequence s to a key whose stored envelope already records
 //     a sequence >= s is dropped: the stored value already includes that
 //     event.
-//  3. At the end of the batch each written key is stored with a
-//     compare-and-set on the KV revision it was read at, its envelope
-//     recording the sequence of the last event that wrote it; then the
-//     checkpoint key is advanced to the batch's last sequence, also with a
-//     compare-and-set.
+//  3. At the end of the batch each written key is stored once, with a
+//     compare-and-set on its KV revision (as read, or as this writer stored
+//     it: see Cost), its envelope recording the sequence of the last event
+//     that wrote it. The key writes are pipelined: all are sent, then every
+//     acknowledgement is awaited. Only when every one of them is
+//     acknowledged is the checkpoint key advanced to the batch's last
+//     sequence, also with a compare-and-set.
 //
 // If the process stops (or a write fails) after some keys were written and
 // before the checkpoint was, the batch is delivered again: the events above
 // the checkpoint run again, and the writes to keys already stored by the
 // first attempt are dropped by rule 2, while the keys it did not store are
-// written now. Each key ends with every event applied exactly once, also
-// when the second delivery's batch is shorter or longer than the first.
+// written now. The keys stored may be any of the batch's keys (a write that
+// failed does not stop those sent after it). Each key ends with every event
+// applied exactly once, also when the second delivery's batch is shorter or
+// longer than the first.
 //
 // The argument holds for an apply function that is deterministic and in
 // which each key's new value depends on the event and on that key's own
@@ -123,11 +150,21 @@ func (c KVConfig) Validate() error {
 // its sequence, so that rule 2 holds for deleted keys) until the checkpoint
 // passes them; then the tombstones of the batch are turned into KV deletes
 // (best effort: a tombstone left behind is read as absent and is removed the
-// next time the key is written). Readers never see a tombstone.
+// next time the key is written). Readers never see a tombstone. A KV delete
+// drops the key's sequence with it: a worker applying events at or below
+// the stored checkpoint (possible only while another worker runs the same
+// projection, which the runner prevents) may apply them again to a key
+// deleted meanwhile.
 //
-// A compare-and-set that fails means another writer changed the bucket: two
-// workers are applying the same projection, which the runner prevents. Apply
-// then returns an error matching stream.ErrConflict and writes nothing more.
+// A compare-and-set that fails means that the bucket changed under the
+// writer. When the batch relied on a revision the writer remembered rather
+// than read (its cache, or the checkpoint it wrote last), the memory may be
+// stale: another process wrote the bucket meanwhile (a take-over, and back).
+// Apply then forgets everything it remembers and applies the batch once
+// more from the stored values, exactly as a redelivery would. A
+// compare-and-set lost on revisions just read means two workers are applying
+// the same projection at once, which the runner prevents: Apply returns an
+// error matching stream.ErrConflict and writes nothing more.
 //
 // # Value format (version 1)
 //
@@ -154,10 +191,23 @@ func (c KVConfig) Validate() error {
 //
 // # Cost
 //
-// A batch reads each key it touches once (one round trip, on the first
-// KVBatch.Get, or before writing a key it did not read), writes each key it
-// changed once (16 writes in flight at a time) and writes the checkpoint:
-// larger batches over fewer keys cost less per event.
+// A batch writes each key it changed once, however many of its events
+// changed it (the writes pipelined, up to 256 awaiting their
+// acknowledgement), then the checkpoint: two round trips. It reads a key (one
+// round trip, on the first KVBatch.Get, or before writing a key it did not
+// read, 16 such reads at a time) only when the key is not in the model's
+// cache. Larger batches over fewer keys cost less per event.
+//
+// The cache holds the values and KV revisions this model itself stored,
+// bounded by KVConfig.CacheBytes (least recently used out first). It is
+// never trusted blindly: each cached revision is checked by the write's
+// compare-and-set, and a stale entry makes the batch start again from the
+// stored values (see above). Reset empties it; a lost compare-and-set, a
+// failed write and a write whose outcome is unknown drop the entries
+// concerned. A rebuild fills a new model, with its own cache. Deleting and
+// re-creating the bucket (rather than Reset) under a running model is not
+// supported: the new bucket's revisions start again from 1 and may match
+// remembered ones; restart the workers after doing so.
 //
 // # Concurrency
 //
@@ -171,11 +221,22 @@ type KV struct {
 	bucket string
 	apply  func(ctx context.Context, tx *KVBatch, ev *stream.Event) error
 
+	putPrefix string        // subject of key k: putPrefix + k
+	timeout   time.Duration // for an acknowledgement, when ctx has no deadline
+
+	// cpSeen is cpRev while cpKnown, else math.MaxUint64; stale is set
+	// by Checkpoint when it reads a newer checkpoint than cpSeen (another
+	// writer's): Apply then forgets what it remembers.
+	cpSeen atomic.Uint64
+	stale  atomic.Bool
+
 	mu       sync.Mutex // serializes Apply and Reset; guards the fields below
 	cpKnown  bool       // cpPos and cpRev are the stored checkpoint
 	cpPos    uint64
 	cpRev    uint64
+	cache    kvCache
 	hookSave func(key string) error // tests: called before each write
+	hookLoad func(key string)       // tests: called before each read of a key
 }
 
 var (
@@ -218,7 +279,39 @@ func NewKV(ctx context.Context, js jetstream.JetStream, cfg KVConfig, apply func
 	if err != nil {
 		return nil, fmt.Errorf("projections: create read model bucket %s: %w", cfg.Bucket, err)
 	}
-	return &KV{js: js, kv: bucket, bucket: cfg.Bucket, apply: apply}, nil
+	timeout := js.Options().DefaultTimeout
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	limit := cfg.CacheBytes
+	if limit == 0 {
+		limit = DefaultKVCacheBytes
+	}
+	m := &KV{js: js, kv: bucket, bucket: cfg.Bucket, apply: apply,
+		putPrefix: kvPutPrefix(js.Options(), cfg.Bucket), timeout: timeout,
+		cache: kvCache{limit: max(limit, 0)}}
+	m.cpSeen.Store(math.MaxUint64)
+	return m, nil
+}
+
+// kvPutPrefix returns the subject prefix nats.go's KeyValue.Put uses for
+// the keys of bucket (a bucket of the js's own account or domain, not a
+// mirror: NewKV creates it).
+func kvPutPrefix(o jetstream.JetStreamOptions, bucket string) string {
+	api := ""
+	switch {
+	case o.Domain != "":
+		api = "$JS." + o.Domain + ".API."
+	case o.APIPrefix != "":
+		api = o.APIPrefix
+		if !strings.HasSuffix(api, ".") {
+			api += "."
+		}
+		if api == jetstream.DefaultAPIPrefix {
+			api = ""
+		}
+	}
+	return api + "$KV." + bucket + "."
 }
 
 // Bucket returns the name of the read model's bucket.
@@ -294,6 +387,9 @@ func (m *KV) kvError(op, key string, err error) error {
 
 // load reads key's stored envelope.
 func (m *KV) load(ctx context.Context, key string) (kvStored, error) {
+	if m.hookLoad != nil {
+		m.hookLoad(key)
+	}
 	entry, err := m.kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return kvStored{deleted: true}, nil
@@ -409,9 +505,32 @@ func (m *KV) loadCheckpoint(ctx context.Context) (pos, rev uint64, err error) {
 // none, as stored in the bucket. Errors: a stored value that is not a
 // decimal position (ErrCorruptValue), the server's or the connection's.
 // Safe for concurrent use.
+//
+// A checkpoint written by another process since this model last wrote one
+// (the runner reads it when this process takes the projection over) makes
+// the next Apply forget what the model remembers of the bucket (see KV:
+// Cost) and read what it needs.
 func (m *KV) Checkpoint(ctx context.Context) (uint64, error) {
-	pos, _, err := m.loadCheckpoint(ctx)
-	return pos, err
+	pos, rev, err := m.loadCheckpoint(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if seen := m.cpSeen.Load(); seen != math.MaxUint64 && (rev > seen || rev == 0 && seen != 0) {
+		m.stale.Store(true)
+	}
+	return pos, nil
+}
+
+// setCheckpoint remembers the stored checkpoint.
+func (m *KV) setCheckpoint(pos, rev uint64) {
+	m.cpPos, m.cpRev, m.cpKnown = pos, rev, true
+	m.cpSeen.Store(rev)
+}
+
+// unsetCheckpoint forgets the stored checkpoint.
+func (m *KV) unsetCheckpoint() {
+	m.cpKnown = false
+	m.cpSeen.Store(math.MaxUint64)
 }
 
 // Apply applies the events with a sequence above the checkpoint, in order,
@@ -425,8 +544,8 @@ func (m *KV) Checkpoint(ctx context.Context) (uint64, error) {
 // invalid key given to Put or Delete (ErrInvalidKey), wrapped in a
 // *stream.Error naming the event, before any write; a stored value that is
 // not an envelope (ErrCorruptValue); a lost compare-and-set
-// (stream.ErrConflict: another writer); otherwise the server's or the
-// connection's. After an error the batch may be partly stored, which is
+// (stream.ErrConflict: another writer, see KV); otherwise the server's or
+// the connection's. After an error the batch may be partly stored, which is
 // safe: delivering it again completes it exactly once.
 func (m *KV) Apply(ctx context.Context, events []*stream.Event) error {
 	if err := checkBatch(events); err != nil {
@@ -434,12 +553,35 @@ func (m *KV) Apply(ctx context.Context, events []*stream.Event) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.stale.Swap(false) {
+		m.forget()
+	}
+	stale, err := m.applyOnce(ctx, events)
+	if stale {
+		// A revision this writer remembered was out of date: start again
+		// from the stored values, as a redelivery would.
+		m.forget()
+		_, err = m.applyOnce(ctx, events)
+	}
+	return err
+}
+
+// forget drops everything the model remembers of the bucket.
+func (m *KV) forget() {
+	m.unsetCheckpoint()
+	m.cache.clear()
+}
+
+// applyOnce applies events once. stale reports a lost compare-and-set on
+// a revision the model remembered rather than read in this call.
+func (m *KV) applyOnce(ctx context.Context, events []*stream.Event) (stale bool, err error) {
+	cpRemembered := m.cpKnown
 	if !m.cpKnown {
 		pos, rev, err := m.loadCheckpoint(ctx)
 		if err != nil {
-			return err
+			return false, err
 		}
-		m.cpPos, m.cpRev, m.cpKnown = pos, rev, true
+		m.setCheckpoint(pos, rev)
 	}
 	tx := &KVBatch{ctx: ctx, m: m, keys: map[string]*kvKey{}}
 	pos := m.cpPos
@@ -453,39 +595,47 @@ func (m *KV) Apply(ctx context.Context, events []*stream.Event) error {
 			err = tx.err
 		}
 		if err != nil {
-			return applyError(ev, err)
+			return false, applyError(ev, err)
 		}
 		pos = ev.Sequence
 	}
 	if pos == m.cpPos {
-		return nil
+		return false, nil
 	}
-	// From here on, the cached checkpoint is unknown until it is written.
-	m.cpKnown = false
+	// From here on, the remembered checkpoint is unknown until it is
+	// written.
+	cpRev := m.cpRev
+	m.unsetCheckpoint()
 	tombstones, err := m.store(ctx, tx)
 	if err != nil {
-		return err
+		return tx.cached && errors.Is(err, stream.ErrConflict), err
 	}
 	if err := m.beforeWrite(KVCheckpointKey); err != nil {
-		return err
+		return false, err
 	}
-	value := []byte(strconv.FormatUint(pos, 10))
+	value := strconv.AppendUint(nil, pos, 10)
 	var rev uint64
-	if m.cpRev == 0 {
+	if cpRev == 0 {
 		rev, err = m.kv.Create(ctx, KVCheckpointKey, value)
 	} else {
-		rev, err = m.kv.Update(ctx, KVCheckpointKey, value, m.cpRev)
+		rev, err = m.kv.Update(ctx, KVCheckpointKey, value, cpRev)
 	}
 	if err != nil {
-		return m.casError("set checkpoint", KVCheckpointKey, m.cpRev, err)
+		err = m.casError("set checkpoint", KVCheckpointKey, cpRev, err)
+		return cpRemembered && errors.Is(err, stream.ErrConflict), err
 	}
-	m.cpPos, m.cpRev, m.cpKnown = pos, rev, true
+	m.setCheckpoint(pos, rev)
 	// The checkpoint is past the tombstones: their sequences are no longer
 	// needed, turn them into KV deletes. Best effort (see KV).
-	for key, rev := range tombstones {
-		_ = m.kv.Delete(ctx, key, jetstream.LastRevision(rev))
+	if len(tombstones) > 0 {
+		_ = m.pipeline(ctx, len(tombstones), func(i int) (*nats.Msg, error) {
+			msg := nats.NewMsg(m.putPrefix + tombstones[i].key)
+			msg.Header.Set(kvOperationHeader, kvOperationDelete)
+			msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(tombstones[i].rev, 10))
+			return msg, nil
+		}, func(int, uint64, error) {})
 	}
-	return nil
+	return false, nil
 }
 
 // beforeWrite calls the test hook, if any.
@@ -496,118 +646,199 @@ func (m *KV) beforeWrite(key string) error {
 	return nil
 }
 
+// isWrongLastSeq reports a lost compare-and-set: the server's "wrong last
+// sequence" (10071, or 10164 on a replicated stream with a competing
+// write in flight).
+func isWrongLastSeq(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
 // casError wraps a failed compare-and-set write.
 func (m *KV) casError(op, key string, rev uint64, err error) error {
-	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) || isWrongLastSeq(err) {
 		return m.kvError(op, key, fmt.Errorf("%w: the key changed since revision %d (another writer?): %w", stream.ErrConflict, rev, err))
 	}
 	return m.kvError(op, key, err)
 }
 
-// store writes the batch's keys, a few at a time, and returns the
-// tombstones written (key -> revision).
-func (m *KV) store(ctx context.Context, tx *KVBatch) (map[string]uint64, error) {
-	type result struct {
-		key       string
-		rev       uint64
-		tombstone bool
-		err       error
+// kvTombstone is a tombstone written at revision rev.
+type kvTombstone struct {
+	key string
+	rev uint64
+}
+
+// store writes the batch's keys (pipelined), keeps the cache in step with
+// what it stored, and returns the tombstones written. It reads first the
+// written keys that the batch has not read and the cache does not hold.
+func (m *KV) store(ctx context.Context, tx *KVBatch) ([]kvTombstone, error) {
+	if err := m.loadUnread(ctx, tx); err != nil {
+		return nil, err
 	}
-	var (
-		wg      sync.WaitGroup
-		sem     = make(chan struct{}, kvWriters)
-		results = make(chan result, len(tx.keys))
-	)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	for key, k := range tx.keys {
-		if !k.written {
-			continue
+	var writes []*kvKey
+	for _, k := range tx.order {
+		if k.written && !(k.deleted && k.stored.rev == 0) { // deleting a key that holds nothing: no write
+			writes = append(writes, k)
 		}
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			rev, tomb, err := m.storeKey(ctx, tx, key, k)
-			if err != nil {
-				cancel()
-			}
-			results <- result{key, rev, tomb, err}
-		}()
 	}
-	wg.Wait()
-	close(results)
 	var (
 		errs       []error
-		tombstones = map[string]uint64{}
+		conflict   bool
+		tombstones []kvTombstone
 	)
-	for r := range results {
-		switch {
-		case r.err != nil:
-			errs = append(errs, r.err)
-		case r.tombstone:
-			tombstones[r.key] = r.rev
+	err := m.pipeline(ctx, len(writes), func(i int) (*nats.Msg, error) {
+		k := writes[i]
+		if err := m.beforeWrite(k.name); err != nil {
+			return nil, err
 		}
+		k.seal()
+		msg := &nats.Msg{Subject: m.putPrefix + k.name, Header: nats.Header{}, Data: k.env}
+		msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(k.stored.rev, 10))
+		return msg, nil
+	}, func(i int, rev uint64, err error) {
+		k := writes[i]
+		if err != nil && k.stored.rev == 0 && isWrongLastSeq(err) {
+			// The key holds a KV delete marker (the model's reads see
+			// it as no value): Create writes over one.
+			rev, err = m.kv.Create(ctx, k.name, k.env)
+		}
+		switch {
+		case err != nil:
+			err = m.casError("put", k.name, k.stored.rev, err)
+			conflict = conflict || errors.Is(err, stream.ErrConflict)
+			errs = append(errs, err)
+			m.cache.drop(k.name) // unknown, or not what this writer stored
+		case k.deleted:
+			m.cache.drop(k.name) // deleted from the bucket after the checkpoint
+			tombstones = append(tombstones, kvTombstone{k.name, rev})
+		default:
+			m.cache.put(k.name, kvStored{rev: rev, seq: k.seq, data: k.env[kvHeaderLen:]})
+		}
+	})
+	if err != nil { // a write not sent: after those sent
+		errs = append(errs, err)
+	}
+	if conflict {
+		m.cache.clear() // another writer: any entry may be stale
 	}
 	if len(errs) > 0 {
 		// Prefer the cause over the cancellations it caused.
-		slices.SortStableFunc(errs, func(a, b error) int {
-			ca, cb := errors.Is(a, context.Canceled), errors.Is(b, context.Canceled)
-			switch {
-			case ca == cb:
-				return 0
-			case cb:
-				return -1
-			default:
-				return 1
+		for _, err := range errs {
+			if !errors.Is(err, context.Canceled) {
+				return nil, err
 			}
-		})
+		}
 		return nil, errs[0]
 	}
 	return tombstones, nil
 }
 
-// storeKey writes one key's final value with a compare-and-set, unless the
-// stored envelope already includes the event that wrote it last. It returns
-// the new revision and whether it wrote a tombstone.
-func (m *KV) storeKey(ctx context.Context, tx *KVBatch, key string, k *kvKey) (uint64, bool, error) {
-	if err := tx.loadKey(ctx, key, k); err != nil {
-		return 0, false, err
+// loadUnread reads the stored values of the keys the batch wrote without
+// reading them, from the cache or from the bucket (kvReaders at a time),
+// and drops the writes they already include.
+func (m *KV) loadUnread(ctx context.Context, tx *KVBatch) error {
+	var miss []*kvKey
+	for _, k := range tx.order {
+		if !k.written || k.loaded {
+			continue
+		}
+		if st, ok := m.cache.get(k.name); ok {
+			tx.setStored(k, st, true)
+		} else {
+			miss = append(miss, k)
+		}
 	}
-	if !k.written { // dropped by loadKey: already stored
-		return 0, false, nil
+	if len(miss) == 0 {
+		return nil
 	}
-	if k.deleted && k.stored.rev == 0 {
-		return 0, false, nil // deleting a key that holds nothing
-	}
-	if err := m.beforeWrite(key); err != nil {
-		return 0, false, err
-	}
-	value := encodeKVEnvelope(k.seq, k.deleted, k.value)
 	var (
-		rev uint64
-		err error
+		wg   sync.WaitGroup
+		sem  = make(chan struct{}, kvReaders)
+		got  = make([]kvStored, len(miss))
+		errs = make([]error, len(miss))
 	)
-	if k.stored.rev == 0 {
-		rev, err = m.kv.Create(ctx, key, value)
-	} else {
-		rev, err = m.kv.Update(ctx, key, value, k.stored.rev)
+	for i, k := range miss {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			got[i], errs[i] = m.load(ctx, k.name)
+		})
 	}
-	if err != nil {
-		return 0, false, m.casError("put", key, k.stored.rev, err)
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
-	return rev, k.deleted, nil
+	for i, k := range miss {
+		tx.setStored(k, got[i], false)
+	}
+	return nil
+}
+
+// pipeline publishes n messages, msg(i) in order, with at most kvPipeline
+// of them awaiting their acknowledgement, and calls settled(i, revision,
+// error) for each one sent, in order, once it is acknowledged or failed.
+// It stops sending at the first error of msg or of the publish, returns it,
+// and still settles the messages sent. The publishes go through the
+// JetStream's asynchronous publisher; without a deadline in ctx each
+// acknowledgement is awaited for the JetStream's DefaultTimeout at most.
+func (m *KV) pipeline(ctx context.Context, n int, msg func(i int) (*nats.Msg, error), settled func(i int, rev uint64, err error)) error {
+	var timer *time.Timer
+	if _, ok := ctx.Deadline(); !ok {
+		timer = time.NewTimer(m.timeout)
+		defer timer.Stop()
+	}
+	futures := make([]jetstream.PubAckFuture, 0, min(n, kvPipeline))
+	settle := func(i int, f jetstream.PubAckFuture) {
+		var timeout <-chan time.Time
+		if timer != nil {
+			timer.Reset(m.timeout)
+			timeout = timer.C
+		}
+		select {
+		case ack := <-f.Ok():
+			settled(i, ack.Sequence, nil)
+		case err := <-f.Err():
+			settled(i, 0, err)
+		case <-ctx.Done():
+			settled(i, 0, ctx.Err())
+		case <-timeout:
+			settled(i, 0, fmt.Errorf("%w: no acknowledgement after %s", context.DeadlineExceeded, m.timeout))
+		}
+	}
+	var err error
+	first := 0 // index of futures[0]
+	for i := range n {
+		var mm *nats.Msg
+		if mm, err = msg(i); err != nil {
+			break
+		}
+		var f jetstream.PubAckFuture
+		if f, err = m.js.PublishMsgAsync(mm); err != nil {
+			err = m.kvError("put", strings.TrimPrefix(mm.Subject, m.putPrefix), err)
+			break
+		}
+		futures = append(futures, f)
+		if len(futures) == kvPipeline {
+			settle(first, futures[0])
+			futures = futures[1:]
+			first++
+		}
+	}
+	for j, f := range futures {
+		settle(first+j, f)
+	}
+	return err
 }
 
 // Reset deletes every key of the read model, the checkpoint included, by
-// purging the bucket's stream. Readers see the keys disappear; the next
-// Apply starts from checkpoint 0. Errors are the server's or the
-// connection's.
+// purging the bucket's stream, and empties the model's cache. Readers see
+// the keys disappear; the next Apply starts from checkpoint 0. Errors are
+// the server's or the connection's.
 func (m *KV) Reset(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.cpKnown = false
+	m.forget()
 	status, err := m.kv.Status(ctx)
 	if err != nil {
 		return m.kvError("reset", "", err)
@@ -632,37 +863,74 @@ func (m *KV) Reset(ctx context.Context) error {
 // includes the current event is dropped (see KV). A KVBatch is valid only
 // during the Apply call that made it and is not safe for concurrent use.
 type KVBatch struct {
-	ctx  context.Context
-	m    *KV
-	seq  uint64 // sequence of the event being applied
-	keys map[string]*kvKey
-	err  error // first invalid key given to Put or Delete
+	ctx    context.Context
+	m      *KV
+	seq    uint64 // sequence of the event being applied
+	keys   map[string]*kvKey
+	order  []*kvKey // keys in the order the batch first touched them
+	cached bool     // a stored value came from the cache
+	err    error    // first invalid key given to Put or Delete
 }
 
 // kvKey is one key's state in a batch.
 type kvKey struct {
+	name    string
 	loaded  bool
 	stored  kvStored
-	written bool   // the batch wrote the key (after the stored value)
-	deleted bool   // the last write is a delete
-	value   []byte // the last write's data
-	seq     uint64 // sequence of the event of the last write
+	written bool // the batch wrote the key (after the stored value)
+	deleted bool // the last write is a delete
+	// env is the envelope of the last write: a header, filled by seal,
+	// then the data.
+	env []byte
+	seq uint64 // sequence of the event of the last write
 }
 
-// loadKey reads key's stored envelope once, and drops the buffered write if
-// the stored value already includes it.
-func (tx *KVBatch) loadKey(ctx context.Context, key string, k *kvKey) error {
+// seal fills k's envelope header for its last write.
+func (k *kvKey) seal() {
+	k.env[0] = KVEnvelopeVersion
+	k.env[1] = 0
+	if k.deleted {
+		k.env[1] = kvFlagDeleted
+	}
+	binary.BigEndian.PutUint64(k.env[2:kvHeaderLen], k.seq)
+}
+
+// key returns key's state in the batch, created on first use.
+func (tx *KVBatch) key(key string) *kvKey {
+	k := tx.keys[key]
+	if k == nil {
+		k = &kvKey{name: key}
+		tx.keys[key] = k
+		tx.order = append(tx.order, k)
+	}
+	return k
+}
+
+// setStored records k's stored value, and drops the buffered write if the
+// stored value already includes it (then it includes every earlier write
+// too).
+func (tx *KVBatch) setStored(k *kvKey, st kvStored, cached bool) {
+	k.loaded, k.stored = true, st
+	tx.cached = tx.cached || cached
+	if k.written && k.seq <= st.seq {
+		k.written, k.deleted = false, false
+	}
+}
+
+// loadKey reads key's stored envelope once, from the cache or the bucket.
+func (tx *KVBatch) loadKey(ctx context.Context, k *kvKey) error {
 	if k.loaded {
 		return nil
 	}
-	st, err := tx.m.load(ctx, key)
+	if st, ok := tx.m.cache.get(k.name); ok {
+		tx.setStored(k, st, true)
+		return nil
+	}
+	st, err := tx.m.load(ctx, k.name)
 	if err != nil {
 		return err
 	}
-	k.loaded, k.stored = true, st
-	if k.written && k.seq <= st.seq {
-		k.written, k.deleted, k.value = false, false, nil
-	}
+	tx.setStored(k, st, false)
 	return nil
 }
 
@@ -680,19 +948,15 @@ func (tx *KVBatch) Get(key string) ([]byte, bool, error) {
 	if err := ValidateKVKey(key); err != nil {
 		return nil, false, err
 	}
-	k := tx.keys[key]
-	if k == nil {
-		k = &kvKey{}
-		tx.keys[key] = k
-	}
-	if err := tx.loadKey(tx.ctx, key, k); err != nil {
+	k := tx.key(key)
+	if err := tx.loadKey(tx.ctx, k); err != nil {
 		return nil, false, err
 	}
 	switch {
 	case k.written && k.deleted:
 		return nil, false, nil
 	case k.written:
-		return slices.Clone(k.value), true, nil
+		return slices.Clone(k.env[kvHeaderLen:]), true, nil
 	case k.stored.deleted:
 		return nil, false, nil
 	default:
@@ -719,23 +983,108 @@ func (tx *KVBatch) write(key string, deleted bool, value []byte) {
 		}
 		return
 	}
-	k := tx.keys[key]
-	if k == nil {
-		k = &kvKey{}
-		tx.keys[key] = k
-	}
+	k := tx.key(key)
 	if k.loaded && tx.seq <= k.stored.seq {
 		return // the stored value already includes this event
 	}
-	// Without the stored value, keep the write: loadKey drops it later if
-	// the stored value includes it (then it includes every earlier write
-	// too).
+	// Without the stored value, keep the write: setStored drops it later
+	// if the stored value includes it. Later writes of the batch replace
+	// earlier ones in place: one write per key at the end.
 	k.written, k.deleted, k.seq = true, deleted, tx.seq
-	k.value = nil
-	if !deleted {
-		k.value = slices.Clone(value)
-		if k.value == nil {
-			k.value = []byte{}
-		}
+	n := kvHeaderLen + len(value)
+	if cap(k.env) < n {
+		k.env = make([]byte, n)
+	}
+	k.env = k.env[:n]
+	copy(k.env[kvHeaderLen:], value)
+}
+
+// kvCache remembers, for a bounded number of bytes, the values and
+// revisions a model stored, least recently used out first. Not safe for
+// concurrent use (KV.mu guards it).
+type kvCache struct {
+	limit int64 // 0: disabled
+	size  int64
+	m     map[string]*kvCacheEntry
+	root  kvCacheEntry // root.next is the most recently used
+}
+
+type kvCacheEntry struct {
+	key        string
+	st         kvStored
+	prev, next *kvCacheEntry
+}
+
+func (e *kvCacheEntry) cost() int64 {
+	return int64(len(e.key)+kvHeaderLen+len(e.st.data)) + kvCacheOverhead
+}
+
+func (c *kvCache) unlink(e *kvCacheEntry) {
+	e.prev.next, e.next.prev = e.next, e.prev
+}
+
+func (c *kvCache) pushFront(e *kvCacheEntry) {
+	e.prev, e.next = &c.root, c.root.next
+	c.root.next.prev = e
+	c.root.next = e
+}
+
+// get returns key's entry and marks it used.
+func (c *kvCache) get(key string) (kvStored, bool) {
+	e := c.m[key]
+	if e == nil {
+		return kvStored{}, false
+	}
+	c.unlink(e)
+	c.pushFront(e)
+	return e.st, true
+}
+
+// put remembers st as key's stored value (st.data is kept, not copied),
+// then drops the least recently used entries over the limit.
+func (c *kvCache) put(key string, st kvStored) {
+	if c.limit <= 0 {
+		return
+	}
+	if c.m == nil {
+		c.m = map[string]*kvCacheEntry{}
+		c.root.prev, c.root.next = &c.root, &c.root
+	}
+	if e := c.m[key]; e != nil {
+		c.size -= e.cost()
+		e.st = st
+		c.size += e.cost()
+		c.unlink(e)
+		c.pushFront(e)
+	} else {
+		e = &kvCacheEntry{key: key, st: st}
+		c.m[key] = e
+		c.size += e.cost()
+		c.pushFront(e)
+	}
+	for c.size > c.limit {
+		c.remove(c.root.prev)
 	}
 }
+
+func (c *kvCache) remove(e *kvCacheEntry) {
+	c.unlink(e)
+	delete(c.m, e.key)
+	c.size -= e.cost()
+}
+
+// drop forgets key.
+func (c *kvCache) drop(key string) {
+	if e := c.m[key]; e != nil {
+		c.remove(e)
+	}
+}
+
+// clear forgets every key.
+func (c *kvCache) clear() {
+	c.m, c.size = nil, 0
+	c.root.prev, c.root.next = nil, nil
+}
+
+// len returns the number of keys remembered.
+func (c *kvCache) len() int { return len(c.m) }
