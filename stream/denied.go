@@ -47,9 +47,15 @@ type deniedWatch struct {
 // (it must end the request made with ctx). Call stop when the request
 // returned, and denied after that.
 func (s *Store) watchDenied(ctx context.Context, cancel context.CancelFunc, msgs []*nats.Msg) *deniedWatch {
+	return s.watchSubjects(ctx, cancel, func() []string { return uniqueSubjects(msgs) })
+}
+
+// watchSubjects is watchDenied for the subjects subjects returns (called
+// only once the first check is due).
+func (s *Store) watchSubjects(ctx context.Context, cancel context.CancelFunc, subjectsOf func() []string) *deniedWatch {
 	d := &deniedWatch{w: natserr.NewWatch(s.nc)}
 	d.timer = time.AfterFunc(deniedFirstCheck, func() {
-		subjects := uniqueSubjects(msgs)
+		subjects := subjectsOf()
 		tick := time.NewTicker(deniedInterval)
 		defer tick.Stop()
 		for {
@@ -75,13 +81,31 @@ func (d *deniedWatch) stop() { d.timer.Stop() }
 // a publish to one of msgs' subjects, or a subscription to a reply inbox
 // (a subject under one of replyPrefixes).
 func (d *deniedWatch) denied(msgs []*nats.Msg, replyPrefixes ...string) (natserr.Violation, bool) {
-	if v, ok := d.w.Denied(uniqueSubjects(msgs), replyPrefixes...); ok {
+	return d.deniedOn(uniqueSubjects(msgs), replyPrefixes...)
+}
+
+// deniedOn is denied for a request on subjects.
+func (d *deniedWatch) deniedOn(subjects []string, replyPrefixes ...string) (natserr.Violation, bool) {
+	if v, ok := d.w.Denied(subjects, replyPrefixes...); ok {
 		return v, true
 	}
 	if v := d.found.Load(); v != nil {
 		return *v, true
 	}
 	return natserr.Violation{}, false
+}
+
+// readDenied turns the error of a read the server refused for lack of
+// permission (a *Error naming the subject and sequence read) into one that
+// says so and matches ErrPermissionDenied and nats.ErrPermissionViolation.
+func readDenied(err error, v natserr.Violation) error {
+	var se *Error
+	if errors.As(err, &se) {
+		out := *se
+		out.Err = fmt.Errorf("%w: %w", ErrPermissionDenied, v.Err)
+		return &out
+	}
+	return fmt.Errorf("%w: %w", ErrPermissionDenied, v.Err)
 }
 
 // uniqueSubjects returns the subjects of msgs, each once, in order.

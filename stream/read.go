@@ -15,7 +15,6 @@ import (
 	"github.com/synadia-io/orbit.go/jetstreamext"
 
 	"github.com/esnats/esnats/internal/jsapi"
-	"github.com/esnats/esnats/internal/natserr"
 )
 
 // Load returns the aggregate's events in order, as an iterator of decoded
@@ -40,7 +39,9 @@ import (
 // that cannot be decoded, and ErrDecode for a history that does not start
 // at the version expected or has a gap in the versions. Each read request
 // waits at most the JetStream timeout and one that timed out is sent again
-// (jsapi.MaxAttempts in all) while ctx lasts.
+// (jsapi.MaxAttempts in all) while ctx lasts; one the server refused
+// because the connection may not publish to the store's direct-get subject
+// ends at once with ErrPermissionDenied (also nats.ErrPermissionViolation).
 //
 // Reads are served by any replica that is current (direct get), so on a
 // replicated store a load may miss an append acknowledged an instant ago;
@@ -225,8 +226,8 @@ func (s *Store) read(ctx context.Context, filter string, o readOptions) iter.Seq
 // jsapi.MaxAttempts times in all and while ctx lasts: a batched direct get
 // whose reply was lost (a replica that stopped, a reply dropped under load)
 // then costs one timeout instead of holding the load until the caller's
-// deadline. A request the server refused for lack of permission is not
-// sent again.
+// deadline. A request the server refused for lack of permission ends at
+// once (within about 50 ms) with ErrPermissionDenied, and is not sent again.
 func (s *Store) getBatch(ctx context.Context, filter string, seq uint64, batch int) (raws []rawMessage, more bool, err error) {
 	err = s.retryRead(ctx, func(ctx context.Context) error {
 		var err error
@@ -239,17 +240,22 @@ func (s *Store) getBatch(ctx context.Context, filter string, seq uint64, batch i
 // retryRead runs read, a direct get, with the JetStream timeout, again
 // while it times out (see getBatch). It returns read's last error.
 func (s *Store) retryRead(ctx context.Context, read func(ctx context.Context) error) error {
+	subjects := []string{s.directGetSubject()}
 	for attempt := 1; ; attempt++ {
-		w := natserr.NewWatch(s.nc)
 		actx, cancel := context.WithTimeout(ctx, s.js.Options().DefaultTimeout)
+		d := s.watchSubjects(actx, cancel, func() []string { return subjects })
 		err := read(actx)
+		d.stop()
 		timedOut := err != nil && actx.Err() != nil && ctx.Err() == nil
 		cancel()
+		if err != nil {
+			if v, denied := d.deniedOn(subjects); denied {
+				// Refused, at once: a resend would be refused too.
+				return readDenied(err, v)
+			}
+		}
 		if !timedOut || attempt >= jsapi.MaxAttempts {
 			return err
-		}
-		if _, denied := w.Denied([]string{s.directGetSubject()}); denied {
-			return err // refused: a resend would be refused too
 		}
 		if berr := backoff(ctx, 1); berr != nil {
 			return err

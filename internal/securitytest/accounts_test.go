@@ -278,16 +278,20 @@ func TestSetupWithoutPermission(t *testing.T) {
 		}
 	})
 
-	t.Run("a load without DIRECT.GET times out", func(t *testing.T) {
+	t.Run("a load without DIRECT.GET is refused at once", func(t *testing.T) {
 		store, err := stream.OpenStore(ctx, c.js, stream.Config{Name: storeName, Registry: registry()})
 		require.NoError(t, err)
+		start := time.Now()
 		for _, err := range store.Load(ctx, stream.Aggregate{Type: "cart", ID: "bob"}) {
 			require.Error(t, err)
-			assert.EqualError(t, err, "esnats: read shop.cart.bob at sequence 1: context deadline exceeded")
+			assert.ErrorIs(t, err, stream.ErrPermissionDenied)
+			assert.ErrorIs(t, err, nats.ErrPermissionViolation)
+			assert.EqualError(t, err, `esnats: read shop.cart.bob at sequence 1: permission denied: nats: permissions violation: Permissions Violation for Publish to "$JS.API.DIRECT.GET.shop"`)
 			var se *stream.Error
 			require.ErrorAs(t, err, &se)
 			assert.Equal(t, "shop.cart.bob", se.Subject)
 		}
+		assert.Less(t, time.Since(start), time.Second, "no timeout waited")
 		c.vio.waitFor(t, "$JS.API.DIRECT.GET.shop")
 	})
 }
