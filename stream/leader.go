@@ -52,11 +52,20 @@ const (
 // those attempts even without a deadline.
 func (s *Store) leaderGet(ctx context.Context, req msgGetRequest) (*rawMessage, error) {
 	timeouts := 0
+	subjects := []string{s.apiPrefix + "STREAM.MSG.GET." + s.cfg.Name}
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, s.js.Options().DefaultTimeout)
+		d := s.watchSubjects(actx, cancel, func() []string { return subjects })
 		m, err := s.leaderGetOnce(actx, req)
+		d.stop()
 		timedOut := err != nil && actx.Err() != nil && ctx.Err() == nil
 		cancel()
+		if err != nil {
+			if v, denied := d.deniedOn(subjects); denied {
+				// Refused, at once: a resend would be refused too.
+				return nil, readDenied(err, v)
+			}
+		}
 		if timedOut {
 			if timeouts++; timeouts >= jsapi.MaxAttempts {
 				return m, err
@@ -130,7 +139,9 @@ func revisionOf(m *rawMessage) (Revision, error) {
 // costs one round trip to the stream leader, so the answer is never stale.
 // Errors: ErrInvalidID / ErrInvalidName for a bad aggregate; ErrNotFound
 // when the stream does not exist; ErrDecode when the last message has no
-// valid version header.
+// valid version header; ErrPermissionDenied (also
+// nats.ErrPermissionViolation), at once, when the connection may not
+// publish to the stream's STREAM.MSG.GET API subject.
 func (s *Store) LastRevision(ctx context.Context, agg Aggregate) (Revision, error) {
 	filter, err := s.AggregateSubject(agg)
 	if err != nil {

@@ -246,17 +246,19 @@ func TestSetupWithoutPermission(t *testing.T) {
 		}
 	})
 
-	t.Run("LastRevision gives up on an unanswered request", func(t *testing.T) {
-		// The leader reads retry timed-out requests (stream/leader.go,
-		// leaderGet), at most jsapi.MaxAttempts times: a missing
-		// $JS.API.STREAM.MSG.GET.<stream> ends with the timeout.
+	t.Run("LastRevision without STREAM.MSG.GET is refused at once", func(t *testing.T) {
+		// The leader reads (stream/leader.go, leaderGet) watch the
+		// connection for the server's refusal of their API subject: a
+		// missing $JS.API.STREAM.MSG.GET.<stream> ends at once, with
+		// ErrPermissionDenied, not after the timeouts.
 		store, err := stream.OpenStore(ctx, c.js, stream.Config{Name: storeName, Registry: registry()})
 		require.NoError(t, err)
 		bob := stream.Aggregate{Type: "cart", ID: "bob"}
-		lctx, cancel := context.WithTimeout(ctx, time.Second)
-		defer cancel()
-		_, err = store.LastRevision(lctx, bob)
-		require.ErrorIs(t, err, context.DeadlineExceeded)
+		start := time.Now()
+		_, err = store.LastRevision(ctx, bob)
+		assert.Less(t, time.Since(start), time.Second, "no timeout waited")
+		require.ErrorIs(t, err, stream.ErrPermissionDenied)
+		require.ErrorIs(t, err, nats.ErrPermissionViolation)
 		var se *stream.Error
 		require.ErrorAs(t, err, &se)
 		assert.Equal(t, "shop.cart.bob", se.Subject)
@@ -265,17 +267,10 @@ func TestSetupWithoutPermission(t *testing.T) {
 		c2 := connect(t, s.srv, opsControlUser, 300*time.Millisecond)
 		store2, err := stream.OpenStore(ctx, c2.js, stream.Config{Name: storeName, Registry: registry()})
 		require.NoError(t, err)
-		done := make(chan error, 1)
-		go func() {
-			_, err := store2.LastRevision(context.Background(), bob)
-			done <- err
-		}()
-		select {
-		case err := <-done:
-			require.ErrorIs(t, err, context.DeadlineExceeded)
-		case <-time.After(10 * time.Second):
-			t.Fatal("LastRevision did not give up")
-		}
+		start = time.Now()
+		_, err = store2.LastRevision(context.Background(), bob)
+		assert.Less(t, time.Since(start), time.Second, "no timeout waited")
+		require.ErrorIs(t, err, stream.ErrPermissionDenied)
 	})
 
 	t.Run("a load without DIRECT.GET is refused at once", func(t *testing.T) {
