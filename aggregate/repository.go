@@ -181,7 +181,11 @@ func (r *Repository[A]) ref(id string) stream.Aggregate {
 // that fails this check (one left behind by stream.Store.Purge, or from a
 // bucket restored from a newer backup than the stream) is logged, counted
 // as ignored (reason "mismatch"), deleted, and the history is replayed
-// instead, in a second read; a cached instance that fails it is dropped and
+// instead, in a second read. A snapshot whose last event is gone but whose
+// next version follows (events expired under the store's MaxAge) is used;
+// when the read finds nothing of the aggregate at or after it, the stream
+// leader decides (a replica behind the leader, or all the aggregate's
+// events expired, keep the snapshot); a cached instance that fails it is dropped and
 // the aggregate loaded afresh. A load never returns a state that is ahead of
 // the stream's history.
 //
@@ -233,6 +237,15 @@ func (r *Repository[A]) Load(ctx context.Context, id string) (A, error) {
 // taken as present: it was decoded when a was built, and the next event, if
 // any, must then have the next version.
 func (r *Repository[A]) follow(ctx context.Context, a A) (n int, ok bool, err error) {
+	n, ok, _, err = r.followAnchor(ctx, a)
+	return n, ok, err
+}
+
+// followAnchor is follow; absent is true when, ok being false, the read
+// found no event of the aggregate at or after the anchor at all (rather
+// than one that contradicts a's revision): what a replica behind the
+// leader also shows, so only the leader can tell.
+func (r *Repository[A]) followAnchor(ctx context.Context, a A) (n int, ok, absent bool, err error) {
 	root := a.root()
 	ref := r.ref(root.id)
 	if root.version == 0 {
@@ -242,15 +255,15 @@ func (r *Repository[A]) follow(ctx context.Context, a A) (n int, ok bool, err er
 				err = applyStored(a, ev)
 			}
 			if err != nil {
-				return n, true, err
+				return n, true, false, err
 			}
 			n++
 		}
-		return n, true, nil
+		return n, true, false, nil
 	}
 	anchor, version := root.sequence, root.version
 	if anchor == 0 {
-		return 0, false, nil
+		return 0, false, false, nil
 	}
 	found, undecodable := false, false
 	skipAnchor := stream.SkipUndecodable(func(err error) bool {
@@ -263,24 +276,30 @@ func (r *Repository[A]) follow(ctx context.Context, a A) (n int, ok bool, err er
 	})
 	for ev, err := range r.store.Load(ctx, ref, stream.FromSequence(anchor), skipAnchor) {
 		if err != nil {
-			return n, true, err
+			return n, true, false, err
 		}
 		if !found {
-			if ev.Sequence != anchor || ev.Version != version {
-				return 0, false, nil
+			switch {
+			case ev.Sequence == anchor && ev.Version == version:
+				found = true
+				continue
+			case ev.Sequence > anchor && ev.Version == version+1:
+				// The anchor itself is gone (expired under the store's
+				// MaxAge, or removed) and the history goes on from it.
+				found = true
+			default:
+				return 0, false, false, nil
 			}
-			found = true
-			continue
 		}
 		if undecodable && n == 0 && ev.Version != version+1 {
-			return 0, false, nil
+			return 0, false, false, nil
 		}
 		if err := applyStored(a, ev); err != nil {
-			return n, true, err
+			return n, true, false, err
 		}
 		n++
 	}
-	return n, found, nil
+	return n, found, !found, nil
 }
 
 // load reads the aggregate from the snapshot store and the event store.
@@ -296,7 +315,7 @@ func (r *Repository[A]) load(ctx context.Context, id string) (A, error) {
 	a, fromSnap := r.fromSnapshot(ctx, ref)
 	if fromSnap {
 		src = fromSnapshot
-		n, ok, err := r.follow(ctx, a)
+		n, ok, absent, err := r.followAnchor(ctx, a)
 		if err != nil {
 			r.tel.endLoad(ctx, span, src, start, n, nil, err)
 			var zero A
@@ -307,9 +326,21 @@ func (r *Repository[A]) load(ctx context.Context, id string) (A, error) {
 			return a, nil
 		}
 		root := a.root()
-		r.ignoreSnapshot(ctx, ignoredMismatch, slog.LevelWarn, "esnats: ignoring snapshot of an event the stream does not hold", ref, root.version, root.sequence)
-		if err := r.cfg.Snapshots.Delete(ctx, ref); err != nil {
-			r.log.Warn("esnats: ignored snapshot not deleted", append(r.logAttrs(ref), "error", err)...)
+		verdict := snapshotDelete // a stored event contradicts it
+		if absent {
+			verdict = r.snapshotMismatch(ctx, ref, root.Revision())
+		}
+		switch verdict {
+		case snapshotKeep:
+			r.tel.endLoad(ctx, span, src, start, 0, a, nil)
+			return a, nil
+		case snapshotDelete:
+			r.ignoreSnapshot(ctx, ignoredMismatch, slog.LevelWarn, "esnats: ignoring snapshot of an event the stream does not hold", ref, root.version, root.sequence)
+			if err := r.cfg.Snapshots.Delete(ctx, ref); err != nil {
+				r.log.Warn("esnats: ignored snapshot not deleted", append(r.logAttrs(ref), "error", err)...)
+			}
+		default:
+			r.ignoreSnapshot(ctx, ignoredMismatch, slog.LevelInfo, "esnats: snapshot not confirmed by the replica read; loading from the events", ref, root.version, root.sequence)
 		}
 		a, src = New(r.cfg.New(id), id), fromEvents
 	}
@@ -326,6 +357,45 @@ func (r *Repository[A]) load(ctx context.Context, id string) (A, error) {
 		r.snapshot(ctx, a)
 	}
 	return a, nil
+}
+
+// What to do with a snapshot whose last event a load did not find.
+const (
+	snapshotReplay = iota // load from the events this time, keep the snapshot
+	snapshotKeep          // the snapshot is right: use it
+	snapshotDelete        // ahead of the stream: delete it, load from the events
+)
+
+// snapshotMismatch asks the stream leader for the aggregate's last revision
+// when a load found no event of the aggregate at or after the snapshot's
+// last one (rev), to tell a snapshot ahead of the stream (left by
+// stream.Store.Purge, or newer than a restored stream: deleted) from a
+// replica that is behind (the leader holds rev: the snapshot is used) and
+// from events that expired (the store has a MaxAge and holds nothing of the
+// aggregate: the snapshot is all that is left of it, and is used). When the
+// leader cannot be asked, or its history goes on past the snapshot (the
+// replica read is behind), the load reads the events and the snapshot
+// stays.
+func (r *Repository[A]) snapshotMismatch(ctx context.Context, ref stream.Aggregate, rev stream.Revision) int {
+	last, err := r.store.LastRevision(ctx, ref)
+	switch {
+	case err != nil:
+		return snapshotReplay
+	case last == rev:
+		return snapshotKeep
+	case last.Version > rev.Version && last.Sequence > rev.Sequence:
+		return snapshotReplay
+	case last.IsZero() && r.eventsExpire():
+		return snapshotKeep
+	}
+	return snapshotDelete
+}
+
+// eventsExpire reports whether the store deletes old events (Config.MaxAge
+// or MaxBytes).
+func (r *Repository[A]) eventsExpire() bool {
+	c, ok := r.store.(interface{ Config() stream.Config })
+	return ok && (c.Config().MaxAge > 0 || c.Config().MaxBytes > 0)
 }
 
 // fromSnapshot returns a new aggregate restored from its snapshot, or a new

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -295,4 +296,52 @@ func TestRepositorySnapshotCheckOnJetStream(t *testing.T) {
 	_, ok, err = snaps.Get(ctx, ref)
 	require.NoError(t, err)
 	assert.False(t, ok, "the stale snapshot is deleted")
+}
+
+// On a store whose events expire (MaxAge), a snapshot outlives the events
+// it was taken after: the oldest go first, the snapshot's own last event
+// among them. A load then uses the snapshot and the events after it (the
+// next version), and when none of the aggregate's events are left, the
+// snapshot alone; it is never deleted for it. (Expiry is simulated by
+// deleting the oldest messages.)
+func TestRepositorySnapshotOutlivesExpiredEvents(t *testing.T) {
+	srv := embedded.RunServer(t)
+	_, js := embedded.MustJetStream(t, srv)
+	ctx := context.Background()
+	es, err := stream.NewStore(ctx, js, stream.Config{Name: "shop", Registry: registry(), MaxAge: 24 * time.Hour})
+	require.NoError(t, err)
+	snaps, err := kv.NewStore(ctx, js, kv.Config{})
+	require.NoError(t, err)
+	repo := snapshotRepo(t, es, snaps, 3)
+	require.NoError(t, repo.Update(ctx, "c", addN(3))) // seq 1-3, snapshot at version 3
+	repo.Flush()
+	require.NoError(t, repo.Update(ctx, "c", addN(1))) // seq 4
+	ref := stream.Aggregate{Type: "cart", ID: "c"}
+	snap, ok, err := snaps.Get(ctx, ref)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.EqualValues(t, 3, snap.Version)
+	st, err := js.Stream(ctx, "shop")
+	require.NoError(t, err)
+	for seq := uint64(1); seq <= 3; seq++ {
+		require.NoError(t, st.DeleteMsg(ctx, seq))
+	}
+	fresh := snapshotRepo(t, es, snaps, 3)
+	c, err := fresh.Load(ctx, "c")
+	require.NoError(t, err, "the snapshot and the event after it")
+	assert.EqualValues(t, 4, c.Version())
+	assert.Equal(t, 4, c.Items["a"])
+	_, ok, err = snaps.Get(ctx, ref)
+	require.NoError(t, err)
+	assert.True(t, ok, "kept")
+
+	// All of the aggregate's events gone: the snapshot is what is left.
+	require.NoError(t, st.DeleteMsg(ctx, 4))
+	c, err = snapshotRepo(t, es, snaps, 3).Load(ctx, "c")
+	require.NoError(t, err)
+	assert.EqualValues(t, 3, c.Version())
+	assert.Equal(t, 3, c.Items["a"])
+	_, ok, err = snaps.Get(ctx, ref)
+	require.NoError(t, err)
+	assert.True(t, ok, "kept")
 }

@@ -217,6 +217,7 @@ func (c KVConfig) Validate() error {
 // snapshot reads). Apply and Reset are serialized with each other.
 type KV struct {
 	js     jetstream.JetStream
+	pub    jetstream.JetStream // the pipelined writes' publisher (see NewKV)
 	kv     jetstream.KeyValue
 	bucket string
 	apply  func(ctx context.Context, tx *KVBatch, ev *stream.Event) error
@@ -287,7 +288,17 @@ func NewKV(ctx context.Context, js jetstream.JetStream, cfg KVConfig, apply func
 	if limit == 0 {
 		limit = DefaultKVCacheBytes
 	}
-	m := &KV{js: js, kv: bucket, bucket: cfg.Bucket, apply: apply,
+	// The pipelined writes go through a publisher of their own: its
+	// asynchronous acknowledgements time out (and leave nats.go's pending
+	// set: an acknowledgement that never comes would otherwise stay there
+	// for ever, until the application's JetStream stalls at its limit), and
+	// they do not count against the application's own asynchronous
+	// publishes.
+	pub, err := jetstream.New(js.Conn(), jetstream.WithPublishAsyncTimeout(timeout), jetstream.WithPublishAsyncMaxPending(4*kvPipeline))
+	if err != nil {
+		return nil, fmt.Errorf("projections: read model bucket %s: %w", cfg.Bucket, err)
+	}
+	m := &KV{js: js, pub: pub, kv: bucket, bucket: cfg.Bucket, apply: apply,
 		putPrefix: kvPutPrefix(js.Options(), cfg.Bucket), timeout: timeout,
 		cache: kvCache{limit: max(limit, 0)}}
 	m.cpSeen.Store(math.MaxUint64)
@@ -788,11 +799,19 @@ func (m *KV) pipeline(ctx context.Context, n int, msg func(i int) (*nats.Msg, er
 		timer = time.NewTimer(m.timeout)
 		defer timer.Stop()
 	}
-	futures := make([]jetstream.PubAckFuture, 0, min(n, kvPipeline))
-	settle := func(i int, f jetstream.PubAckFuture) {
+	type sent struct {
+		f        jetstream.PubAckFuture
+		deadline time.Time
+	}
+	futures := make([]sent, 0, min(n, kvPipeline))
+	settle := func(i int, p sent) {
+		f := p.f
 		var timeout <-chan time.Time
 		if timer != nil {
-			timer.Reset(m.timeout)
+			// Each write's deadline counts from its own publish, so that
+			// acknowledgements lost together are given up together, not
+			// one timeout after another.
+			timer.Reset(time.Until(p.deadline))
 			timeout = timer.C
 		}
 		select {
@@ -814,11 +833,11 @@ func (m *KV) pipeline(ctx context.Context, n int, msg func(i int) (*nats.Msg, er
 			break
 		}
 		var f jetstream.PubAckFuture
-		if f, err = m.js.PublishMsgAsync(mm); err != nil {
+		if f, err = m.pub.PublishMsgAsync(mm); err != nil {
 			err = m.kvError("put", strings.TrimPrefix(mm.Subject, m.putPrefix), err)
 			break
 		}
-		futures = append(futures, f)
+		futures = append(futures, sent{f, time.Now().Add(m.timeout)})
 		if len(futures) == kvPipeline {
 			settle(first, futures[0])
 			futures = futures[1:]

@@ -56,6 +56,27 @@ type asyncAppender struct {
 	mu         sync.Mutex
 	queue      []*inFlight
 	collecting bool
+
+	pubOnce sync.Once
+	pub     jetstream.JetStream
+	pubErr  error
+}
+
+// publisher returns the JetStream the pipelined appends are published
+// through: one of the store's own, on the store's connection, whose
+// asynchronous acknowledgements time out after the JetStream timeout. An
+// acknowledgement that never comes (a refused publish, a reply lost in a
+// leader change) then leaves nats.go's pending set instead of staying in
+// it for ever, where such leftovers would at its limit stall every
+// asynchronous publish of the application's JetStream; and the store's
+// appends in flight do not count against the application's own.
+func (a *asyncAppender) publisher(s *Store) (jetstream.JetStream, error) {
+	a.pubOnce.Do(func() {
+		a.pub, a.pubErr = jetstream.New(s.nc,
+			jetstream.WithPublishAsyncTimeout(s.js.Options().DefaultTimeout),
+			jetstream.WithPublishAsyncMaxPending(2*cap(a.slots)))
+	})
+	return a.pub, a.pubErr
 }
 
 func (a *asyncAppender) collect(s *Store, f *inFlight) {
@@ -226,12 +247,19 @@ func (s *Store) appendPipelined(ctx context.Context, agg Aggregate, expect Expec
 		close(p.done)
 		return p
 	}
-	f := &inFlight{p: p, ctx: ctx, ps: ps, o: o, op: op, deadline: time.Now().Add(s.js.Options().DefaultTimeout)}
+	// The collector's own deadline is a backstop: the publisher's
+	// acknowledgement timeout ends a lost one first.
+	f := &inFlight{p: p, ctx: ctx, ps: ps, o: o, op: op, deadline: time.Now().Add(s.js.Options().DefaultTimeout + time.Second)}
 	if err := ctx.Err(); err != nil {
 		s.async.finish(f, nil, &Error{Op: "append", Subject: ps[0].filter, Err: err})
 		return p
 	}
-	f.fut, err = s.js.PublishMsgAsync(ps[0].enc[0])
+	pub, err := s.async.publisher(s)
+	if err != nil {
+		s.async.finish(f, nil, &Error{Op: "append", Subject: ps[0].filter, Err: err})
+		return p
+	}
+	f.fut, err = pub.PublishMsgAsync(ps[0].enc[0])
 	if err != nil {
 		// Perhaps written to the connection: settle it with the same id.
 		go s.settlePipelined(f, true)

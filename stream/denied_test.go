@@ -168,3 +168,27 @@ func TestGroupCommitPermissionDenied(t *testing.T) {
 	}
 	assert.Equal(t, uint64(12), streamMsgs(t, ajs, "carts"), "two events of each allowed command, once")
 }
+
+// A pipelined AppendAsync the server refuses gets no acknowledgement: the
+// store's own publisher gives up on it after the JetStream timeout (so it
+// does not stay pending for ever), and the synchronous path's resend then
+// reports the refusal. Nothing is stored, and allowed appends go on
+// meanwhile.
+func TestAppendAsyncPermissionDenied(t *testing.T) {
+	t.Parallel()
+	srv := deniedServer(t)
+	admin, app, ajs, _ := deniedStores(t, srv, stream.GroupCommitPipeline)
+	ctx := context.Background()
+	before := streamMsgs(t, ajs, "carts")
+	refused := app.AppendAsync(ctx, stream.Aggregate{Type: "secret", ID: "x"}, stream.ExpectNone(), items("a", 1))
+	allowed := app.AppendAsync(ctx, cart("fine"), stream.ExpectNone(), items("b", 1))
+	res, err := allowed.Result()
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, res.Last.Version)
+	start := time.Now()
+	_, err = refused.Result()
+	requireDenied(t, err, "carts.secret.x")
+	assert.Less(t, time.Since(start), 2*deniedTimeout)
+	assert.Equal(t, before+1, streamMsgs(t, ajs, "carts"))
+	assert.Empty(t, loadAll(t, admin, stream.Aggregate{Type: "secret", ID: "x"}))
+}

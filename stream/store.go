@@ -74,7 +74,7 @@ type Config struct {
 	// GroupCommit and docs/performance.md). The in-memory store ignores it.
 	GroupCommit GroupCommit
 	// MaxPendingAppends bounds the appends AppendAsync keeps in flight.
-	// Default DefaultMaxPendingAppends (2048; nats.go stalls asynchronous publishes beyond 4000 pending).
+	// Default DefaultMaxPendingAppends (2048).
 	MaxPendingAppends int
 
 	// TracerProvider and MeterProvider receive the store's spans
