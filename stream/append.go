@@ -504,10 +504,15 @@ func (s *Store) publishMsgs(ctx context.Context, msgs []*nats.Msg) (uint64, bool
 	if len(msgs) == 1 {
 		// A message sent before in a group-commit batch still carries
 		// that batch's headers, which would make it a batch of its own.
+		// Only a message that has them is written to: a resend of a
+		// plain message must not write to a header nats.go may still be
+		// reading (its own retry of a publish that met no responders).
 		h := msgs[0].Header
-		delete(h, jetstreamext.BatchIDHeader)
-		delete(h, jetstreamext.BatchSeqHeader)
-		delete(h, jetstreamext.BatchCommitHeader)
+		if _, ok := h[jetstreamext.BatchIDHeader]; ok {
+			delete(h, jetstreamext.BatchIDHeader)
+			delete(h, jetstreamext.BatchSeqHeader)
+			delete(h, jetstreamext.BatchCommitHeader)
+		}
 		ack, err := s.js.PublishMsg(ctx, msgs[0])
 		if err != nil {
 			return 0, false, err
