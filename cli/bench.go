@@ -10,6 +10,7 @@ import (
 
 	"github.com/esnats/esnats/embedded"
 	"github.com/esnats/esnats/internal/benchkit"
+	"github.com/esnats/esnats/stream"
 )
 
 func (a *app) benchCmd() *cobra.Command {
@@ -17,6 +18,7 @@ func (a *app) benchCmd() *cobra.Command {
 		opts            benchkit.Options
 		asJSON, quiet   bool
 		syncFlag, dir   string
+		groupCommit     string
 		list, useServer bool
 	)
 	cmd := &cobra.Command{
@@ -36,6 +38,7 @@ esnats_bench_<workload>_<random>, and deletes them afterwards.`,
 		Example: `  esnats bench
   esnats bench append load --ops 2000
   esnats bench append-concurrent --concurrency 64 --duration 10s
+  esnats bench append-async --group-commit pipeline --sync default
   esnats bench -s nats://prod-like:4222 --replicas 3 --json`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -58,13 +61,17 @@ esnats_bench_<workload>_<random>, and deletes them afterwards.`,
 			if len(workloads) == 0 {
 				workloads = benchkit.Workloads()
 			}
+			gc, err := stream.ParseGroupCommit(groupCommit)
+			if err != nil {
+				return withCode(ExitUsage, fmt.Errorf("--group-commit %q: want auto, batch, pipeline or off", groupCommit))
+			}
+			opts.GroupCommit = gc
 			if err := opts.Validate(); err != nil {
 				return withCode(ExitUsage, err)
 			}
 
 			where := ""
 			var c *connection
-			var err error
 			if urls, _ := a.conn.urls(); urls == "" && a.conn.context == "" && !useServer {
 				policy, err := parseSync(syncFlag)
 				if err != nil {
@@ -132,6 +139,7 @@ esnats_bench_<workload>_<random>, and deletes them afterwards.`,
 	f.IntVar(&opts.Rounds, "rounds", 0, "rounds in which the sides take turns (default 10; 3 for projection-catchup)")
 	f.IntVar(&opts.Concurrency, "concurrency", 0, fmt.Sprintf("writers of append-concurrent (default %d)", benchkit.DefaultConcurrency))
 	f.IntVar(&opts.Replicas, "replicas", 0, "replicas of the benchmark streams (default 1)")
+	f.StringVar(&groupCommit, "group-commit", "auto", "group-commit mode of the benchmark stores (auto, batch, pipeline, off): how append-concurrent and append-async send their appends")
 	f.BoolVar(&opts.Keep, "keep", false, "keep the benchmark streams for inspection")
 	f.BoolVar(&asJSON, "json", false, "print the results as JSON")
 	f.BoolVarP(&quiet, "quiet", "q", false, "no progress")

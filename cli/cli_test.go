@@ -397,6 +397,7 @@ func TestErrors(t *testing.T) {
 		{"unknown flag", []string{"-s", f.url, "events", "shop", "--nope"}, cli.ExitUsage, "unknown flag: --nope"},
 		{"missing argument", []string{"-s", f.url, "events"}, cli.ExitUsage, "accepts 1 arg"},
 		{"unknown command", []string{"frobnicate"}, cli.ExitUsage, `unknown command "frobnicate"`},
+		{"unknown group-commit mode", []string{"bench", "append-async", "--group-commit", "sometimes"}, cli.ExitUsage, `--group-commit "sometimes": want auto, batch, pipeline or off`},
 		{"no server", []string{"-s", "nats://127.0.0.1:1", "stores"}, cli.ExitConnect, "no NATS server answered at nats://127.0.0.1:1 (from --server)"},
 		{"no server says how to start one", []string{"-s", "nats://127.0.0.1:1", "stores"}, cli.ExitConnect, "esnats dev"},
 	}

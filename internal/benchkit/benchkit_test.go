@@ -127,6 +127,17 @@ func TestWorkloads(t *testing.T) {
 				assert.EqualValues(t, 1, lastVersion(t, js, name, esnatsType, fmt.Sprintf("g%05d", i)))
 			}
 		}},
+		{"append-async", Options{Ops: 24, Rounds: 3}, 24, func(t *testing.T, name string, r Result) {
+			for _, typ := range []string{rawType, esnatsType} {
+				assert.EqualValues(t, 25, typeCount(t, js, name, typ), typ) // 1 warm-up append
+			}
+			// Round robin over 10,000 aggregates from one goroutine: the
+			// first 25 of each side, one event each.
+			for i := range 25 {
+				assert.EqualValues(t, 1, lastVersion(t, js, name, rawType, fmt.Sprintf("g%05d", i)))
+				assert.EqualValues(t, 1, lastVersion(t, js, name, esnatsType, fmt.Sprintf("g%05d", i)))
+			}
+		}},
 		{"load", Options{Ops: 6, Rounds: 3}, 6, func(t *testing.T, name string, r Result) {
 			assert.Equal(t, 100, r.EventsPerOp)
 			assert.InDelta(t, 100*r.Esnats.OpsPerSec, r.Esnats.EventsPerSec, 1e-6)
@@ -278,7 +289,7 @@ func TestRunRefuses(t *testing.T) {
 	assert.ErrorIs(t, err, ErrUnknownWorkload)
 	_, ok := Lookup("nope")
 	assert.False(t, ok)
-	assert.Equal(t, []string{"append", "append-batch", "append-concurrent", "load", "repository-update", "projection-catchup"}, Names())
+	assert.Equal(t, []string{"append", "append-batch", "append-concurrent", "append-async", "load", "repository-update", "projection-catchup"}, Names())
 	for _, w := range Workloads() {
 		assert.NotEmpty(t, w.Description, w.Name)
 		assert.Positive(t, w.DefaultOps, w.Name)

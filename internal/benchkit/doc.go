@@ -13,6 +13,8 @@
 //	append-concurrent   pipelined js.PublishMsgAsync (up to 1024 in flight) vs
 //	                    Store.Append from Options.Concurrency goroutines, over
 //	                    10,000 aggregates: group commit (Options.GroupCommit)
+//	append-async        the same raw side vs Store.AppendAsync from one goroutine,
+//	                    up to 1024 in flight (Options.GroupCommit)
 //	load                jetstreamext.GetBatch of a 100-event aggregate's subject
 //	                    vs Store.Load, iterating and decoding every event
 //	repository-update   js.PublishMsg with the check vs aggregate.Repository.Update

@@ -116,6 +116,17 @@ func Workloads() []Workload {
 			setup:         setupAppendConcurrent,
 		},
 		{
+			Name:          "append-async",
+			Description:   "one event per append to 10,000 aggregates, each with the expected-last-sequence check, up to 1024 in flight from one goroutine",
+			Unit:          "append",
+			EventsPerOp:   1,
+			Raw:           "js.PublishMsgAsync with the check, pipelined from one goroutine (up to 1024 in flight)",
+			Esnats:        "stream.Store.AppendAsync of 1 event with ExpectRevision, from one goroutine (up to 1024 in flight; group commit: Options.GroupCommit)",
+			DefaultOps:    4000,
+			DefaultRounds: 10,
+			setup:         setupAppendAsync,
+		},
+		{
 			Name:          "load",
 			Description:   "load a 100-event aggregate stored among 9 others",
 			Unit:          "load",
@@ -278,12 +289,70 @@ const (
 // round robin to aggregates w, w+Concurrency, ... of as many, each append
 // waiting for its answer: what group commit turns into atomic batches
 // (or, with GroupCommitPipeline, sends on its own).
+// rawAgg is one aggregate of the raw side of append-concurrent and
+// append-async.
+type rawAgg struct {
+	subj     string
+	seq, ver uint64
+}
+
+// rawPipelined is the raw side of append-concurrent and append-async:
+// pipelined js.PublishMsgAsync with the expected-last-subject-sequence
+// check, round robin over raws, up to concurrentWindow in flight.
+func rawPipelined(e *env, raws []rawAgg) sideFunc {
+	next := 0
+	return func(ctx context.Context, ops int, rec *recorder) (time.Duration, error) {
+		type inflight struct {
+			a    *rawAgg
+			sent time.Time
+			fut  jetstream.PubAckFuture
+		}
+		window := make([]inflight, 0, min(ops, concurrentWindow))
+		settle := func(p inflight) error {
+			select {
+			case ack := <-p.fut.Ok():
+				p.a.seq, p.a.ver = ack.Sequence, p.a.ver+1
+				rec.op(time.Since(p.sent))
+				return nil
+			case err := <-p.fut.Err():
+				return fmt.Errorf("%s: %w", p.a.subj, err)
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		start := time.Now()
+		ts := now()
+		for i := range ops {
+			if len(window) == concurrentWindow {
+				if err := settle(window[0]); err != nil {
+					return time.Since(start), err
+				}
+				window = window[1:]
+			}
+			if i%concurrentWindow == 0 {
+				ts = now()
+			}
+			a := &raws[next]
+			next = (next + 1) % len(raws)
+			m := e.msg(a.subj, a.ver+1, ts)
+			expect(m, a.seq)
+			f, err := e.js.PublishMsgAsync(m, jetstream.WithStallWait(time.Minute))
+			if err != nil {
+				return time.Since(start), fmt.Errorf("%s: %w", a.subj, err)
+			}
+			window = append(window, inflight{a: a, sent: time.Now(), fut: f})
+		}
+		for _, p := range window {
+			if err := settle(p); err != nil {
+				return time.Since(start), err
+			}
+		}
+		return time.Since(start), nil
+	}
+}
+
 func setupAppendConcurrent(_ context.Context, e *env) (*pair, error) {
 	n := e.concurrency
-	type rawAgg struct {
-		subj     string
-		seq, ver uint64
-	}
 	raws := make([]rawAgg, concurrentAggs)
 	esAggs := make([]stream.Aggregate, concurrentAggs)
 	revs := make([]stream.Revision, concurrentAggs)
@@ -292,59 +361,11 @@ func setupAppendConcurrent(_ context.Context, e *env) (*pair, error) {
 		raws[i].subj = e.subject(stream.Aggregate{Type: rawType, ID: id})
 		esAggs[i] = stream.Aggregate{Type: esnatsType, ID: id}
 	}
-	rawNext := 0
 	cur := make([]int, n) // writer w's next aggregate: w + cur[w]*n
 	owned := func(w int) int { return (concurrentAggs - w + n - 1) / n }
 	events := []stream.EventData{{Data: benchItem}}
 	return &pair{
-		raw: func(ctx context.Context, ops int, rec *recorder) (time.Duration, error) {
-			type inflight struct {
-				a    *rawAgg
-				sent time.Time
-				fut  jetstream.PubAckFuture
-			}
-			window := make([]inflight, 0, min(ops, concurrentWindow))
-			settle := func(p inflight) error {
-				select {
-				case ack := <-p.fut.Ok():
-					p.a.seq, p.a.ver = ack.Sequence, p.a.ver+1
-					rec.op(time.Since(p.sent))
-					return nil
-				case err := <-p.fut.Err():
-					return fmt.Errorf("%s: %w", p.a.subj, err)
-				case <-ctx.Done():
-					return ctx.Err()
-				}
-			}
-			start := time.Now()
-			ts := now()
-			for i := range ops {
-				if len(window) == concurrentWindow {
-					if err := settle(window[0]); err != nil {
-						return time.Since(start), err
-					}
-					window = window[1:]
-				}
-				if i%concurrentWindow == 0 {
-					ts = now()
-				}
-				a := &raws[rawNext]
-				rawNext = (rawNext + 1) % concurrentAggs
-				m := e.msg(a.subj, a.ver+1, ts)
-				expect(m, a.seq)
-				f, err := e.js.PublishMsgAsync(m, jetstream.WithStallWait(time.Minute))
-				if err != nil {
-					return time.Since(start), fmt.Errorf("%s: %w", a.subj, err)
-				}
-				window = append(window, inflight{a: a, sent: time.Now(), fut: f})
-			}
-			for _, p := range window {
-				if err := settle(p); err != nil {
-					return time.Since(start), err
-				}
-			}
-			return time.Since(start), nil
-		},
+		raw: rawPipelined(e, raws),
 		esnats: parallel(n, func(ctx context.Context, w int) error {
 			i := w + cur[w]*n
 			cur[w] = (cur[w] + 1) % owned(w)
@@ -368,6 +389,73 @@ func setupAppendConcurrent(_ context.Context, e *env) (*pair, error) {
 				if rev, err := e.store.LastRevision(ctx, esAggs[i]); err != nil || rev != revs[i] {
 					errs = append(errs, fmt.Errorf("%s: stored revision %s (%v), esnats reported %s", esAggs[i], rev, err, revs[i]))
 				}
+			}
+			if rawSum != uint64(ops) || esSum != uint64(ops) {
+				errs = append(errs, fmt.Errorf("appends acknowledged: raw %d, esnats %d, want %d", rawSum, esSum, ops))
+			}
+			return errors.Join(errs...)
+		},
+	}, nil
+}
+
+// setupAppendAsync: the raw side of append-concurrent against
+// Store.AppendAsync from one goroutine, the same window in flight, each
+// aggregate's next append from its previous result.
+func setupAppendAsync(_ context.Context, e *env) (*pair, error) {
+	raws := make([]rawAgg, concurrentAggs)
+	esAggs := make([]stream.Aggregate, concurrentAggs)
+	revs := make([]stream.Revision, concurrentAggs)
+	for i := range concurrentAggs {
+		id := fmt.Sprintf("g%05d", i)
+		raws[i].subj = e.subject(stream.Aggregate{Type: rawType, ID: id})
+		esAggs[i] = stream.Aggregate{Type: esnatsType, ID: id}
+	}
+	events := []stream.EventData{{Data: benchItem}}
+	next := 0
+	return &pair{
+		raw: rawPipelined(e, raws),
+		esnats: func(ctx context.Context, ops int, rec *recorder) (time.Duration, error) {
+			type inflight struct {
+				i    int
+				sent time.Time
+				p    *stream.PendingAppend
+			}
+			window := make([]inflight, 0, min(ops, concurrentWindow))
+			settle := func(f inflight) error {
+				res, err := f.p.Wait(ctx)
+				if err != nil {
+					return err
+				}
+				revs[f.i] = res.Last
+				rec.op(time.Since(f.sent))
+				return nil
+			}
+			start := time.Now()
+			for range ops {
+				if len(window) == concurrentWindow {
+					if err := settle(window[0]); err != nil {
+						return time.Since(start), err
+					}
+					window = window[1:]
+				}
+				i := next
+				next = (next + 1) % concurrentAggs
+				window = append(window, inflight{i: i, sent: time.Now(), p: e.store.AppendAsync(ctx, esAggs[i], stream.ExpectRevision(revs[i]), events)})
+			}
+			for _, f := range window {
+				if err := settle(f); err != nil {
+					return time.Since(start), err
+				}
+			}
+			return time.Since(start), nil
+		},
+		warmup: 1,
+		verify: func(ctx context.Context, ops int) error {
+			errs := []error{e.checkSide(ctx, rawType, uint64(ops)), e.checkSide(ctx, esnatsType, uint64(ops))}
+			var rawSum, esSum uint64
+			for i := range concurrentAggs {
+				rawSum += raws[i].ver
+				esSum += revs[i].Version
 			}
 			if rawSum != uint64(ops) || esSum != uint64(ops) {
 				errs = append(errs, fmt.Errorf("appends acknowledged: raw %d, esnats %d, want %d", rawSum, esSum, ops))
