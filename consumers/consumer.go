@@ -239,6 +239,9 @@ type Consumer struct {
 	active   atomic.Bool     // a Run of this value holds the pin and receives
 	tel      *consumerTelemetry
 	lag      lagState
+
+	stallEvery time.Duration // tests: how often the watchdog looks (0: stallCheck's default)
+	onPull     func(*pull)   // tests: sees each new subscription
 }
 
 // Active reports whether a Run of this Consumer currently holds the pin of
@@ -471,11 +474,35 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	defer leave()
 	defer c.active.Store(false)
+	// The watchdog: a subscription that stopped pulling (seen once after
+	// a cluster's servers were stopped and started in turn: no pull
+	// request outstanding, events pending, nothing delivered) is replaced.
+	watch := time.NewTicker(c.stallCheck())
+	defer watch.Stop()
+	lastDelivery := time.Now()
 	for {
 		batch = batch[:0]
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-watch.C:
+			if time.Since(lastDelivery) < c.stallCheck() || !c.pullStalled(ctx, cons) {
+				continue
+			}
+			c.cfg.Logger.Warn("esnats: consumer had stopped pulling with events pending; pulling again", "consumer", c.cfg.Name, "stream", c.store.Name(), "position", lastSeq)
+			sub.stop()
+			next, err := c.pull(cons)
+			if err != nil {
+				released = true
+				return err
+			}
+			sub = next
+			// What the old subscription had received and not handled is
+			// delivered again after a take-over's reset.
+			active = false
+			c.active.Store(false)
+			lastDelivery = time.Now()
+			continue
 		case <-sub.lostPin:
 			// Another process holds the pin now: what we hold is stale.
 			// Take over again (with a reset) if the pin comes back.
@@ -491,6 +518,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			return fmt.Errorf("consumers: durable consumer %q of stream %q was deleted while running (a rebuild elsewhere, or an operator): %w", c.cfg.Name, c.store.Name(), err)
 		case m := <-sub.msgs:
 			batch = append(batch, m)
+			lastDelivery = time.Now()
 		}
 		if !active {
 			// Taking over: whatever was delivered before (to a process
@@ -667,6 +695,39 @@ func (c *Consumer) resumeBehind(ctx context.Context, cons jetstream.Consumer) er
 	return nil
 }
 
+// stallCheck is how often Run checks, while nothing is delivered, that its
+// subscription is still pulling: twice the pull expiry, at least 10s.
+func (c *Consumer) stallCheck() time.Duration {
+	if c.stallEvery > 0 {
+		return c.stallEvery
+	}
+	return max(2*c.pullExpiry(), 10*time.Second)
+}
+
+// pullExpiry is how long each pull request of the subscription lasts.
+func (c *Consumer) pullExpiry() time.Duration {
+	return min(max(c.cfg.PinnedTTL/2, time.Second), 30*time.Second)
+}
+
+// pullStalled reports whether the server holds events for the consumer
+// while no client has a pull request outstanding and none is pinned: then
+// nobody is receiving, this process's subscription included, although it
+// runs. An error reading the consumer is not a stall.
+func (c *Consumer) pullStalled(ctx context.Context, cons jetstream.Consumer) bool {
+	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	info, err := cons.Info(ictx)
+	if err != nil || info.NumPending == 0 || info.NumWaiting > 0 || info.NumAckPending > 0 {
+		return false
+	}
+	for _, g := range info.PriorityGroups {
+		if g.PinnedClientID != "" {
+			return false
+		}
+	}
+	return true
+}
+
 // pull is one subscription of a consumer's messages.
 type pull struct {
 	cc      jetstream.ConsumeContext
@@ -680,7 +741,7 @@ func (c *Consumer) pull(cons jetstream.Consumer) (*pull, error) {
 	cc, err := cons.Consume(func(m jetstream.Msg) { p.msgs <- m },
 		jetstream.PullMaxMessages(2*c.cfg.BatchSize),
 		jetstream.PullPriorityGroup(c.cfg.Group),
-		jetstream.PullExpiry(min(max(c.cfg.PinnedTTL/2, time.Second), 30*time.Second)),
+		jetstream.PullExpiry(c.pullExpiry()),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			// Only the server's explicit notice: "not found" also shows up
 			// for a moment while a replicated consumer changes leader.
@@ -706,6 +767,9 @@ func (c *Consumer) pull(cons jetstream.Consumer) (*pull, error) {
 		return nil, fmt.Errorf("consumers: consuming %q: %w", c.cfg.Name, err)
 	}
 	p.cc = cc
+	if c.onPull != nil {
+		c.onPull(p)
+	}
 	return p, nil
 }
 
