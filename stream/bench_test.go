@@ -351,14 +351,7 @@ func BenchmarkAppend1Spread(b *testing.B) {
 			ctx := context.Background()
 			perWorker := spreadPerWorker(mode)
 			chunk := spreadWorkers * perWorker // events per kind per iteration
-			mk := func(typ string) []spreadAgg {
-				aggs := make([]spreadAgg, spreadAggs)
-				for i := range aggs {
-					a := stream.Aggregate{Type: typ, ID: fmt.Sprintf("s%05d", i)}
-					aggs[i] = spreadAgg{agg: a, subj: e.subject(b, a)}
-				}
-				return aggs
-			}
+			mk := func(typ string) []spreadAgg { return e.spreadAggs(b, typ, "s%05d", spreadAggs) }
 			rawSync, rawAsync, es := mk("rawsync"), mk("rawasync"), mk("esnats")
 			events := []stream.EventData{{Data: benchPayload}}
 
@@ -688,14 +681,7 @@ func benchGroupCommit(b *testing.B, replicas int, mode embedded.SyncPolicy, writ
 	ctx := context.Background()
 	perWriter := groupPerWriter(mode, writers)
 	chunk := writers * perWriter // events per kind per iteration
-	mk := func(typ string) []spreadAgg {
-		aggs := make([]spreadAgg, groupAggs)
-		for i := range aggs {
-			a := stream.Aggregate{Type: typ, ID: fmt.Sprintf("g%05d", i)}
-			aggs[i] = spreadAgg{agg: a, subj: e.subject(b, a)}
-		}
-		return aggs
-	}
+	mk := func(typ string) []spreadAgg { return e.spreadAggs(b, typ, "g%05d", groupAggs) }
 	rawAsync, rawSync, rawBatch, es := mk("rawasync"), mk("rawsync"), mk("rawbatch"), mk("esnats")
 	events := []stream.EventData{{Data: benchPayload}}
 
@@ -838,14 +824,7 @@ func BenchmarkAppendBatch10Concurrent(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			e := newBenchEnv(b, c.js(b), c.mod)
 			ctx := context.Background()
-			mk := func(typ string) []spreadAgg {
-				aggs := make([]spreadAgg, writers*aggsPer)
-				for i := range aggs {
-					a := stream.Aggregate{Type: typ, ID: fmt.Sprintf("w%03d", i)}
-					aggs[i] = spreadAgg{agg: a, subj: e.subject(b, a)}
-				}
-				return aggs
-			}
+			mk := func(typ string) []spreadAgg { return e.spreadAggs(b, typ, "w%03d", writers*aggsPer) }
 			raws, es := mk("raw"), mk("esnats")
 			events := make([]stream.EventData, n)
 			for i := range events {
@@ -928,6 +907,17 @@ func BenchmarkAppendBatch10Concurrent(b *testing.B) {
 // pipelined PublishMsgAsync, each with the expected-last-subject-sequence
 // check, over aggs in turn (chunk < len(aggs): no aggregate is twice in
 // flight), then waiting for every ack, at most wait.
+// spreadAggs returns n aggregates of type typ, with ids idFormat of 0..n-1,
+// and their subjects.
+func (e *benchEnv) spreadAggs(b *testing.B, typ, idFormat string, n int) []spreadAgg {
+	aggs := make([]spreadAgg, n)
+	for i := range aggs {
+		a := stream.Aggregate{Type: typ, ID: fmt.Sprintf(idFormat, i)}
+		aggs[i] = spreadAgg{agg: a, subj: e.subject(b, a)}
+	}
+	return aggs
+}
+
 func (e *benchEnv) rawPipelined(b *testing.B, aggs []spreadAgg, chunk int, wait time.Duration) func() {
 	type pending struct {
 		a   *spreadAgg
@@ -987,14 +977,7 @@ func benchAppendAsync(b *testing.B, replicas int, mode embedded.SyncPolicy) {
 	if mode == embedded.SyncAlways && replicas == 1 {
 		chunk = 512 // raw-async syncs every message: about 3k events/s
 	}
-	mk := func(typ string) []spreadAgg {
-		aggs := make([]spreadAgg, groupAggs)
-		for i := range aggs {
-			a := stream.Aggregate{Type: typ, ID: fmt.Sprintf("a%05d", i)}
-			aggs[i] = spreadAgg{agg: a, subj: e.subject(b, a)}
-		}
-		return aggs
-	}
+	mk := func(typ string) []spreadAgg { return e.spreadAggs(b, typ, "a%05d", groupAggs) }
 	rawAsync := e.rawPipelined(b, mk("rawasync"), chunk, time.Minute)
 	events := []stream.EventData{{Data: benchPayload}}
 	modes := []stream.GroupCommit{stream.GroupCommitBatch, stream.GroupCommitPipeline}
