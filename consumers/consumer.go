@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/esnats/esnats/internal/jsapi"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
@@ -350,17 +352,27 @@ func (c *Consumer) consumerConfig() jetstream.ConsumerConfig {
 // existing one that may change (it keeps its position and start policy).
 func (c *Consumer) ensure(ctx context.Context) (jetstream.Consumer, error) {
 	want := c.consumerConfig()
-	cons, err := c.js.Consumer(ctx, c.store.Name(), c.cfg.Name)
+	var cons jetstream.Consumer
+	err := c.apiRetry(ctx, func(ctx context.Context) (err error) {
+		cons, err = c.js.Consumer(ctx, c.store.Name(), c.cfg.Name)
+		return err
+	})
 	switch {
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
-		cons, err = c.js.CreateOrUpdateConsumer(ctx, c.store.Name(), want)
+		err = c.apiRetry(ctx, func(ctx context.Context) (err error) {
+			cons, err = c.js.CreateOrUpdateConsumer(ctx, c.store.Name(), want)
+			return err
+		})
 	case err == nil:
 		have := cons.CachedInfo().Config
 		want.DeliverPolicy, want.OptStartSeq, want.OptStartTime = have.DeliverPolicy, have.OptStartSeq, have.OptStartTime
 		if have.AckPolicy != jetstream.AckAllPolicy || have.PriorityPolicy != jetstream.PriorityPolicyPinned {
 			return nil, fmt.Errorf("consumers: durable consumer %q on stream %q exists with another ack or priority policy; delete it or choose another name", c.cfg.Name, c.store.Name())
 		}
-		cons, err = c.js.CreateOrUpdateConsumer(ctx, c.store.Name(), want)
+		err = c.apiRetry(ctx, func(ctx context.Context) (err error) {
+			cons, err = c.js.CreateOrUpdateConsumer(ctx, c.store.Name(), want)
+			return err
+		})
 	}
 	if err != nil {
 		return nil, fmt.Errorf("consumers: creating consumer %q on stream %q: %w", c.cfg.Name, c.store.Name(), err)
@@ -632,7 +644,11 @@ func (c *Consumer) resume(ctx context.Context) (uint64, error) {
 		if err != nil {
 			return 0, fmt.Errorf("consumers: %q: where to resume: %w", c.cfg.Name, err)
 		}
-		res, err := c.js.ResetConsumerToSequence(ctx, c.store.Name(), c.cfg.Name, max(seq, 1))
+		var res *jetstream.ConsumerResetResponse
+		err = c.apiRetry(ctx, func(ctx context.Context) (err error) {
+			res, err = c.js.ResetConsumerToSequence(ctx, c.store.Name(), c.cfg.Name, max(seq, 1))
+			return err
+		})
 		if err == nil {
 			c.lag.fromInfo(res.ConsumerInfo)
 			return res.ResetSeq, nil
@@ -644,7 +660,11 @@ func (c *Consumer) resume(ctx context.Context) (uint64, error) {
 		// Refused (below the consumer's start): the floor it is.
 		c.cfg.Logger.Warn("esnats: consumer cannot resume where asked; resuming at its acknowledgement floor", "consumer", c.cfg.Name, "stream", c.store.Name(), "sequence", seq, "error", err)
 	}
-	res, err := c.js.ResetConsumer(ctx, c.store.Name(), c.cfg.Name)
+	var res *jetstream.ConsumerResetResponse
+	err := c.apiRetry(ctx, func(ctx context.Context) (err error) {
+		res, err = c.js.ResetConsumer(ctx, c.store.Name(), c.cfg.Name)
+		return err
+	})
 	if err != nil {
 		return 0, fmt.Errorf("consumers: resetting %q to its acknowledgement floor on take-over: %w", c.cfg.Name, err)
 	}
@@ -662,7 +682,11 @@ func (c *Consumer) resume(ctx context.Context) (uint64, error) {
 // held, the active process is the one whose model counts, and this process
 // waits as a standby.
 func (c *Consumer) resumeBehind(ctx context.Context, cons jetstream.Consumer) error {
-	info, err := cons.Info(ctx)
+	var info *jetstream.ConsumerInfo
+	err := c.apiRetry(ctx, func(ctx context.Context) (err error) {
+		info, err = cons.Info(ctx)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("consumers: %q: reading its position: %w", c.cfg.Name, err)
 	}
@@ -679,7 +703,11 @@ func (c *Consumer) resumeBehind(ctx context.Context, cons jetstream.Consumer) er
 	if seq > info.AckFloor.Stream {
 		return nil // not behind
 	}
-	res, err := c.js.ResetConsumerToSequence(ctx, c.store.Name(), c.cfg.Name, seq)
+	var res *jetstream.ConsumerResetResponse
+	err = c.apiRetry(ctx, func(ctx context.Context) (err error) {
+		res, err = c.js.ResetConsumerToSequence(ctx, c.store.Name(), c.cfg.Name, seq)
+		return err
+	})
 	if err != nil {
 		var apiErr *jetstream.APIError
 		if errors.Is(err, jetstream.ErrConsumerInvalidReset) || (errors.As(err, &apiErr) && apiErr.Code == 400) {
@@ -726,6 +754,17 @@ func (c *Consumer) pullStalled(ctx context.Context, cons jetstream.Consumer) boo
 		}
 	}
 	return true
+}
+
+// apiRetry runs an idempotent JetStream API request with a timeout of its
+// own (the JetStream's DefaultTimeout) and sends it again when its answer
+// was lost, a few times (internal/jsapi): Run's context usually has no
+// deadline, or a far one, and nats.go then waits for the answer as long as
+// the context lasts, so a reply lost while servers restart would hold a
+// take-over for ever (seen in the fault tests: a projection that never
+// became active again).
+func (c *Consumer) apiRetry(ctx context.Context, call func(ctx context.Context) error) error {
+	return jsapi.Retry(ctx, c.js.Options().DefaultTimeout, call)
 }
 
 // pull is one subscription of a consumer's messages.

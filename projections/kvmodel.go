@@ -806,6 +806,17 @@ func (m *KV) pipeline(ctx context.Context, n int, msg func(i int) (*nats.Msg, er
 	futures := make([]sent, 0, min(n, kvPipeline))
 	settle := func(i int, p sent) {
 		f := p.f
+		// An answer already in is taken before the deadline is looked at
+		// (with both ready, select would pick one at random).
+		select {
+		case ack := <-f.Ok():
+			settled(i, ack.Sequence, nil)
+			return
+		case err := <-f.Err():
+			settled(i, 0, err)
+			return
+		default:
+		}
 		var timeout <-chan time.Time
 		if timer != nil {
 			// Each write's deadline counts from its own publish, so that
@@ -837,7 +848,9 @@ func (m *KV) pipeline(ctx context.Context, n int, msg func(i int) (*nats.Msg, er
 			err = m.kvError("put", strings.TrimPrefix(mm.Subject, m.putPrefix), err)
 			break
 		}
-		futures = append(futures, sent{f, time.Now().Add(m.timeout)})
+		// The publisher's own acknowledgement timeout (m.timeout) ends a
+		// lost one first; this deadline is a backstop.
+		futures = append(futures, sent{f, time.Now().Add(m.timeout + time.Second)})
 		if len(futures) == kvPipeline {
 			settle(first, futures[0])
 			futures = futures[1:]

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/esnats/esnats/internal/jsapi"
+
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
@@ -252,7 +254,19 @@ func (r *Runner) start(ctx context.Context, rp *running) error {
 
 // durable returns the consumer a projection uses: current if it exists,
 // else the newest consumer left by a rebuild, else current (to be created).
-func (r *Runner) durable(ctx context.Context, name, current string) (string, error) {
+func (r *Runner) durable(ctx context.Context, name, current string) (durable string, err error) {
+	// Each lookup has a timeout of its own and is sent again if its answer
+	// was lost: Run's context has no deadline, or a far one, and a reply
+	// lost while servers restart would otherwise hold the projection's
+	// start for ever (seen in the fault tests).
+	err = jsapi.Retry(ctx, r.js.Options().DefaultTimeout, func(ctx context.Context) (err error) {
+		durable, err = r.durableOnce(ctx, name, current)
+		return err
+	})
+	return durable, err
+}
+
+func (r *Runner) durableOnce(ctx context.Context, name, current string) (string, error) {
 	st, err := r.js.Stream(ctx, r.store.Name())
 	if err != nil {
 		return "", fmt.Errorf("projections: %q: %w", name, err)
