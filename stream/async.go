@@ -158,6 +158,9 @@ func (a *asyncAppender) finish(f *inFlight, res []AppendResult, err error) {
 		f.p.res = res[0]
 	}
 	f.op.End(n, err)
+	if f.auto != nil {
+		f.auto.end(f.sample)
+	}
 	f.p.err = err
 	close(f.p.done)
 	<-a.slots
@@ -172,11 +175,24 @@ func newAsyncAppender(max int) *asyncAppender {
 
 // start waits for a free slot (or ctx), then runs append in the background.
 func (a *asyncAppender) start(ctx context.Context, append func() (AppendResult, error)) *PendingAppend {
+	if err := a.acquire(ctx); err != nil {
+		return endedAppend(err)
+	}
+	return a.run(append)
+}
+
+// acquire waits for a free slot, or ctx.
+func (a *asyncAppender) acquire(ctx context.Context) error {
 	select {
 	case a.slots <- struct{}{}:
+		return nil
 	case <-ctx.Done():
-		return endedAppend(ctx.Err())
+		return ctx.Err()
 	}
+}
+
+// run runs append in the background, in a slot the caller acquired.
+func (a *asyncAppender) run(append func() (AppendResult, error)) *PendingAppend {
 	p := &PendingAppend{done: make(chan struct{})}
 	go func() {
 		defer func() { <-a.slots }()
@@ -208,21 +224,39 @@ func (a *asyncAppender) start(ctx context.Context, append func() (AppendResult, 
 // with Append's error, before any I/O.
 //
 // A single event with ExpectNone or ExpectRevision, on a store whose group
-// commit is GroupCommitPipeline or GroupCommitOff, is published at once
+// commit is GroupCommitPipeline or GroupCommitOff (or GroupCommitAuto when
+// it has chosen pipelining), is published at once
 // with an asynchronous JetStream publish; any answer but a plain
 // acknowledgement (a timeout, a conflict, a duplicate) hands it to Append's
 // own path, which resends it with the same id and settles it. Other
 // appends run Append in the background, where group commit coalesces them.
 func (s *Store) AppendAsync(ctx context.Context, agg Aggregate, expect Expectation, events []EventData, opts ...AppendOption) *PendingAppend {
-	if len(events) == 1 && expect.kind != expectAny && (s.gc == nil || s.gc.pipeline) {
-		return s.appendPipelined(ctx, agg, expect, events, opts)
+	appendSync := func() (AppendResult, error) { return s.Append(ctx, agg, expect, events, opts...) }
+	if len(events) != 1 || expect.kind == expectAny || s.gc != nil && !s.gc.pipeline && s.gc.auto == nil {
+		return s.async.start(ctx, appendSync)
 	}
-	return s.async.start(ctx, func() (AppendResult, error) { return s.Append(ctx, agg, expect, events, opts...) })
+	// The slot first: waiting for one is not part of the append's own
+	// latency, which GroupCommitAuto times.
+	if err := s.async.acquire(ctx); err != nil {
+		return endedAppend(err)
+	}
+	if s.gc != nil && s.gc.auto != nil {
+		auto := s.gc.auto
+		sample := auto.begin()
+		if !auto.pipelined() {
+			auto.drop(sample) // Append times it
+			return s.async.run(appendSync)
+		}
+		return s.appendPipelined(ctx, agg, expect, events, opts, auto, sample)
+	}
+	return s.appendPipelined(ctx, agg, expect, events, opts, nil, autoSample{})
 }
 
 // inFlight is one pipelined append waiting for its acknowledgement.
 type inFlight struct {
 	p        *PendingAppend
+	auto     *autoMode // GroupCommitAuto's, timing it; or nil
+	sample   autoSample
 	ctx      context.Context
 	ps       []*prepared
 	o        appendOptions
@@ -232,16 +266,16 @@ type inFlight struct {
 }
 
 // appendPipelined publishes one event with PublishMsgAsync and leaves its
-// acknowledgement to the store's collector.
-func (s *Store) appendPipelined(ctx context.Context, agg Aggregate, expect Expectation, events []EventData, opts []AppendOption) *PendingAppend {
-	select {
-	case s.async.slots <- struct{}{}:
-	case <-ctx.Done():
-		return endedAppend(ctx.Err())
-	}
+// acknowledgement to the store's collector. The caller acquired its slot;
+// with auto, the append is one of GroupCommitAuto's samples, begun by the
+// caller.
+func (s *Store) appendPipelined(ctx context.Context, agg Aggregate, expect Expectation, events []EventData, opts []AppendOption, auto *autoMode, sample autoSample) *PendingAppend {
 	p := &PendingAppend{done: make(chan struct{})}
 	ctx, ps, o, op, err := s.begin(ctx, []AppendRequest{{Aggregate: agg, Expect: expect, Events: events}}, opts)
 	if err != nil {
+		if auto != nil {
+			auto.drop(sample)
+		}
 		<-s.async.slots
 		p.err = err
 		close(p.done)
@@ -249,7 +283,7 @@ func (s *Store) appendPipelined(ctx context.Context, agg Aggregate, expect Expec
 	}
 	// The collector's own deadline is a backstop: the publisher's
 	// acknowledgement timeout ends a lost one first.
-	f := &inFlight{p: p, ctx: ctx, ps: ps, o: o, op: op, deadline: time.Now().Add(s.js.Options().DefaultTimeout + time.Second)}
+	f := &inFlight{p: p, auto: auto, sample: sample, ctx: ctx, ps: ps, o: o, op: op, deadline: time.Now().Add(s.js.Options().DefaultTimeout + time.Second)}
 	if err := ctx.Err(); err != nil {
 		s.async.finish(f, nil, &Error{Op: "append", Subject: ps[0].filter, Err: err})
 		return p

@@ -651,7 +651,8 @@ func groupPerWriter(mode embedded.SyncPolicy, writers int) int {
 //     aggregates, one batch after another (what one atomic batch costs);
 //   - esnats: Store.Append of 1 event with ExpectRevision, from the
 //     writers, with Config.GroupCommit = mode (batch: concurrent appends
-//     coalesced into atomic batches; pipeline: each sent on its own at once).
+//     coalesced into atomic batches; pipeline: each sent on its own at once;
+//     auto: the default, which measures both and keeps the faster).
 //
 // Under fsync always and the server's default fsync. Each iteration appends
 // a chunk of events of each kind (groupPerWriter per writer); ns/op and
@@ -665,7 +666,7 @@ func BenchmarkAppendGroupCommit(b *testing.B) {
 				if replicas == 3 && writers != 64 {
 					continue
 				}
-				for _, gc := range []stream.GroupCommit{stream.GroupCommitBatch, stream.GroupCommitPipeline} {
+				for _, gc := range []stream.GroupCommit{stream.GroupCommitBatch, stream.GroupCommitPipeline, stream.GroupCommitAuto} {
 					b.Run(fmt.Sprintf("R%d/sync=%s/writers=%d/mode=%s", replicas, mode, writers, gc), func(b *testing.B) {
 						benchGroupCommit(b, replicas, mode, writers, gc)
 					})
@@ -782,6 +783,11 @@ func benchGroupCommit(b *testing.B, replicas int, mode embedded.SyncPolicy, writ
 		if want := uint64(chunk * t.total()); s != want {
 			b.Fatalf("%s: %d events appended, want %d", t.names[k], s, want)
 		}
+	}
+	if gc == stream.GroupCommitAuto {
+		// What Auto chose, and how often it changed its mind.
+		b.ReportMetric(float64(stream.AutoSwitches(e.st)), "switches")
+		b.Logf("auto: %s at the end, %d switches", e.st.GroupCommitMode(), stream.AutoSwitches(e.st))
 	}
 	e.checkLast(b, rawAsync[0].agg, rawAsync[0].ver)
 	e.checkLast(b, rawSync[0].agg, rawSync[0].ver)
@@ -958,7 +964,8 @@ func (e *benchEnv) rawPipelined(b *testing.B, aggs []spreadAgg, chunk int, wait 
 // aggregates in flight from one goroutine, each with the expected-revision
 // check: raw pipelined js.PublishMsgAsync (raw-async, as in
 // BenchmarkAppendGroupCommit) against Store.AppendAsync with each mode of
-// group commit. On R1 and R3, under both fsync policies.
+// group commit (auto: what GroupCommitAuto chooses from its measurements).
+// On R1 and R3, under both fsync policies.
 func BenchmarkAppendAsync(b *testing.B) {
 	for _, replicas := range []int{1, 3} {
 		for _, mode := range benchSyncModes {
@@ -980,7 +987,7 @@ func benchAppendAsync(b *testing.B, replicas int, mode embedded.SyncPolicy) {
 	mk := func(typ string) []spreadAgg { return e.spreadAggs(b, typ, "a%05d", groupAggs) }
 	rawAsync := e.rawPipelined(b, mk("rawasync"), chunk, time.Minute)
 	events := []stream.EventData{{Data: benchPayload}}
-	modes := []stream.GroupCommit{stream.GroupCommitBatch, stream.GroupCommitPipeline}
+	modes := []stream.GroupCommit{stream.GroupCommitBatch, stream.GroupCommitPipeline, stream.GroupCommitAuto}
 	names := []string{"raw-async"}
 	ops := []func(){rawAsync}
 	esAggs := make([][]spreadAgg, len(modes))
@@ -993,6 +1000,11 @@ func benchAppendAsync(b *testing.B, replicas int, mode embedded.SyncPolicy) {
 		}
 		aggs := mk("esnats" + gc.String())
 		esAggs[k] = aggs
+		if gc == stream.GroupCommitAuto {
+			b.Cleanup(func() {
+				b.Logf("auto: %s at the end, %d switches", st.GroupCommitMode(), stream.AutoSwitches(st))
+			})
+		}
 		cur := 0
 		pend := make([]*stream.PendingAppend, chunk)
 		ops = append(ops, func() {

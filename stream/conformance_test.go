@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/esnats/esnats/embedded"
@@ -50,6 +52,35 @@ func TestConformanceJetStreamPipeline(t *testing.T) {
 	_, js := embedded.MustJetStream(t, srv)
 	h := jetStreamHarness(js, 1, stream.GroupCommitPipeline, jetStreamKnownBugs)
 	h.Writers, h.AppendsPerWriter = 4, 50 // smaller: the default mode runs the full size
+	streamtest.Run(t, h)
+}
+
+// TestConformanceJetStreamAutoSwitching runs the suite with GroupCommitAuto
+// switching between batches and pipelining every few milliseconds.
+func TestConformanceJetStreamAutoSwitching(t *testing.T) {
+	srv := embedded.RunServer(t)
+	_, js := embedded.MustJetStream(t, srv)
+	var (
+		mu     sync.Mutex
+		stores []*stream.Store
+	)
+	h := jetStreamHarnessWith(js, 1, stream.GroupCommitAuto, jetStreamKnownBugs, func(st *stream.Store) {
+		stream.SetAutoFlapping(st)
+		mu.Lock()
+		stores = append(stores, st)
+		mu.Unlock()
+	})
+	h.Writers, h.AppendsPerWriter = 8, 50
+	t.Cleanup(func() { // after the parallel subtests
+		mu.Lock()
+		defer mu.Unlock()
+		var switches int64
+		for _, st := range stores {
+			switches += stream.AutoSwitches(st)
+		}
+		t.Logf("%d mode switches in %d stores", switches, len(stores))
+		assert.Positive(t, switches, "the modes switched under the suite")
+	})
 	streamtest.Run(t, h)
 }
 
@@ -95,6 +126,12 @@ var conformanceStores atomic.Int64
 // jetStreamHarness makes a new stream per subtest on js's server or
 // cluster, with group commit in mode gc.
 func jetStreamHarness(js jetstream.JetStream, replicas int, gc stream.GroupCommit, skip map[string]string) streamtest.Harness {
+	return jetStreamHarnessWith(js, replicas, gc, skip, nil)
+}
+
+// jetStreamHarnessWith is jetStreamHarness, calling tweak (if not nil) on
+// each new store.
+func jetStreamHarnessWith(js jetstream.JetStream, replicas int, gc stream.GroupCommit, skip map[string]string, tweak func(*stream.Store)) streamtest.Harness {
 	return streamtest.Harness{
 		New: func(t *testing.T, reg *stream.Registry) streamtest.Fixture {
 			name := fmt.Sprintf("conf%d", conformanceStores.Add(1))
@@ -111,6 +148,9 @@ func jetStreamHarness(js jetstream.JetStream, replicas int, gc stream.GroupCommi
 				st, err = stream.NewStore(ctx, js, cfg)
 			}
 			require.NoError(t, err)
+			if tweak != nil {
+				tweak(st)
+			}
 			t.Cleanup(func() {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				defer cancel()

@@ -25,7 +25,9 @@
 // go out together in one atomic batch, each keeping its own expectation and
 // its events together. Under fsync "always" the server then syncs once per
 // batch instead of once per event. A conflict fails only the append whose
-// expectation did not hold. docs/appends.md and docs/performance.md say
+// expectation did not hold. Where batches are slower (a single-replica file
+// stream under the server's default fsync), the default mode measures it
+// and sends single-event appends on their own instead. docs/appends.md and docs/performance.md say
 // what each mode guarantees and costs.
 //
 // Every event has an id (generated, or set by the caller). When an append's

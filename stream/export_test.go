@@ -1,5 +1,7 @@
 package stream
 
+import "time"
+
 // Hooks for the package's external tests and measurements of group commit.
 
 // SetGroupInflight sets how many group-commit batches st may have in flight.
@@ -46,3 +48,18 @@ func GroupMaxEvents(st *Store) int {
 	defer c.mu.Unlock()
 	return c.maxMsgs
 }
+
+// SetAutoFlapping makes st's GroupCommitAuto measure and switch modes
+// every few milliseconds, whatever it measures: a test of every guarantee
+// of an append while modes change under it.
+func SetAutoFlapping(st *Store) {
+	a := st.gc.auto
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.window, a.maxWindow, a.minSamples = time.Millisecond, 5*time.Millisecond, 2
+	a.minHold, a.maxHold, a.hold = time.Millisecond, time.Millisecond, time.Millisecond
+	a.gain = 0
+}
+
+// AutoSwitches returns how many times st's GroupCommitAuto switched modes.
+func AutoSwitches(st *Store) int64 { return st.gc.auto.switches.Load() }

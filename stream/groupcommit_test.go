@@ -26,6 +26,14 @@ import (
 // export_test.go, holds them in the queue as a batch in flight would) and
 // check what becomes of each.
 
+// newBatchStore is newJSStore with GroupCommitBatch: these tests are about
+// batches, which GroupCommitAuto, the default, could stop sending for a
+// moment to time pipelining.
+func newBatchStore(t *testing.T, js jetstream.JetStream, mod ...func(*stream.Config)) *stream.Store {
+	t.Helper()
+	return newJSStore(t, js, append([]func(*stream.Config){func(c *stream.Config) { c.GroupCommit = stream.GroupCommitBatch }}, mod...)...)
+}
+
 // pending is an append running on a goroutine of its own.
 type pending struct {
 	res  stream.AppendResult
@@ -140,7 +148,7 @@ func TestGroupCommitModes(t *testing.T) {
 func TestGroupCommitCoalesces(t *testing.T) {
 	srv := embedded.RunServer(t)
 	_, js := embedded.MustJetStream(t, srv)
-	st := newJSStore(t, js)
+	st := newBatchStore(t, js)
 	ctx := context.Background()
 	a, err := st.Append(ctx, cart("a"), stream.ExpectNone(), items("a", 2))
 	require.NoError(t, err)
@@ -200,7 +208,7 @@ func TestGroupCommitConflictFailsOnlyItsAppend(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			name := "conflict" + c.name
-			st := newJSStore(t, js, func(cfg *stream.Config) { cfg.Name = name })
+			st := newBatchStore(t, js, func(cfg *stream.Config) { cfg.Name = name })
 			ctx := context.Background()
 			moved, err := st.Append(ctx, cart("moved"), stream.ExpectNone(), items("m", 1))
 			require.NoError(t, err)
@@ -247,7 +255,7 @@ func TestGroupCommitConflictFailsOnlyItsAppend(t *testing.T) {
 func TestGroupCommitConflictsSettledOneByOne(t *testing.T) {
 	srv := embedded.RunServer(t)
 	_, js := embedded.MustJetStream(t, srv)
-	st := newJSStore(t, js)
+	st := newBatchStore(t, js)
 	ctx := context.Background()
 	moved, err := st.Append(ctx, cart("moved"), stream.ExpectNone(), items("m", 1))
 	require.NoError(t, err)
@@ -294,7 +302,7 @@ func TestGroupCommitConflictsSettledOneByOne(t *testing.T) {
 func TestGroupCommitSameAggregate(t *testing.T) {
 	srv := embedded.RunServer(t)
 	_, js := embedded.MustJetStream(t, srv)
-	st := newJSStore(t, js)
+	st := newBatchStore(t, js)
 	ctx := context.Background()
 
 	release := stream.HoldGroup(st)
@@ -354,7 +362,7 @@ func TestGroupCommitSameAggregate(t *testing.T) {
 func TestGroupCommitDuplicateInBatch(t *testing.T) {
 	srv := embedded.RunServer(t)
 	_, js := embedded.MustJetStream(t, srv)
-	st := newJSStore(t, js)
+	st := newBatchStore(t, js)
 	ctx := context.Background()
 	evs := withIDs("once", items("a", 2))
 	orig, err := st.Append(ctx, cart("a"), stream.ExpectNone(), evs)
@@ -389,7 +397,7 @@ func TestGroupCommitDuplicateInBatch(t *testing.T) {
 func TestGroupCommitCancelWhileQueued(t *testing.T) {
 	srv := embedded.RunServer(t)
 	_, js := embedded.MustJetStream(t, srv)
-	st := newJSStore(t, js)
+	st := newBatchStore(t, js)
 	ctx := context.Background()
 	release := stream.HoldGroup(st)
 	pa := goAppend(ctx, st, cart("a"), stream.ExpectNone(), items("a", 1)...)
@@ -442,11 +450,11 @@ func testGroupLostReply(t *testing.T, url string, replicas int) {
 	t.Cleanup(nc.Close)
 	setupJS, err := jetstream.New(nc)
 	require.NoError(t, err)
-	newJSStore(t, setupJS, func(c *stream.Config) { c.Replicas = replicas; c.Name = "lost" })
+	newBatchStore(t, setupJS, func(c *stream.Config) { c.Replicas = replicas; c.Name = "lost" })
 	// Short attempts, so that the appends resend while replies are lost.
 	js, err := jetstream.New(nc, jetstream.WithDefaultTimeout(500*time.Millisecond))
 	require.NoError(t, err)
-	st, err := stream.OpenStore(ctx, js, stream.Config{Name: "lost", Registry: testRegistry(t)})
+	st, err := stream.OpenStore(ctx, js, stream.Config{Name: "lost", Registry: testRegistry(t), GroupCommit: stream.GroupCommitBatch})
 	require.NoError(t, err)
 	before, err := st.Append(ctx, cart("a"), stream.ExpectNone(), items("before", 1))
 	require.NoError(t, err)
@@ -504,7 +512,7 @@ func TestGroupCommitServerBatchLimit(t *testing.T) {
 		o.Configure = func(so *server.Options) { so.JetStreamLimits.MaxBatchSize = 4 }
 	})
 	_, js := embedded.MustJetStream(t, srv)
-	st := newJSStore(t, js)
+	st := newBatchStore(t, js)
 	ctx := context.Background()
 	release := stream.HoldGroup(st)
 	var ps []*pending
@@ -534,7 +542,7 @@ func TestGroupCommitEventAboveMaxPayload(t *testing.T) {
 		o.Configure = func(so *server.Options) { so.MaxPayload = 32 << 10 }
 	})
 	_, js := embedded.MustJetStream(t, srv)
-	st := newJSStore(t, js)
+	st := newBatchStore(t, js)
 	ctx := context.Background()
 	release := stream.HoldGroup(st)
 	pa := goAppend(ctx, st, cart("a"), stream.ExpectNone(), items("a", 1)...)
@@ -560,7 +568,7 @@ func TestGroupCommitEventAboveMaxPayload(t *testing.T) {
 func TestGroupCommitLeavesNoGoroutine(t *testing.T) {
 	srv := embedded.RunServer(t)
 	_, js := embedded.MustJetStream(t, srv)
-	st := newJSStore(t, js)
+	st := newBatchStore(t, js)
 	ctx := context.Background()
 	var wg sync.WaitGroup
 	for w := range 16 {

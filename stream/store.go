@@ -68,10 +68,11 @@ type Config struct {
 	// GroupCommit says how concurrent appends are sent: coalesced into
 	// atomic batches (GroupCommitBatch), single-event appends pipelined and
 	// only multi-event ones coalesced (GroupCommitPipeline), or each on its
-	// own (GroupCommitOff). Default GroupCommitAuto, which is
-	// GroupCommitBatch. Every mode keeps every guarantee of an append;
-	// which is fastest depends on the server's fsync policy (see
-	// GroupCommit and docs/performance.md). The in-memory store ignores it.
+	// own (GroupCommitOff). Default GroupCommitAuto, which chooses between
+	// batch and pipeline from what it measures. Every mode keeps every
+	// guarantee of an append; which is fastest depends on the server's
+	// fsync policy and the stream's replicas (see GroupCommit and
+	// docs/performance.md). The in-memory store ignores it.
 	GroupCommit GroupCommit
 	// MaxPendingAppends bounds the appends AppendAsync keeps in flight.
 	// Default DefaultMaxPendingAppends (2048).
@@ -300,18 +301,21 @@ func openStore(ctx context.Context, js jetstream.JetStream, cfg Config, create b
 		async:     newAsyncAppender(cfg.MaxPendingAppends),
 		tel:       telemetry.NewStore(cfg.Name, cfg.TracerProvider, cfg.MeterProvider, func(err error) bool { return errors.Is(err, ErrConflict) }),
 	}
-	if mode := cfg.groupCommitMode(); mode != GroupCommitOff {
-		store.gc = newCommitter(store, mode)
+	if cfg.GroupCommit != GroupCommitOff {
+		store.gc = newCommitter(store, cfg.GroupCommit)
 	}
 	return store, nil
 }
 
-// groupCommitMode resolves GroupCommitAuto.
-func (c Config) groupCommitMode() GroupCommit {
-	if c.GroupCommit == GroupCommitAuto {
-		return GroupCommitBatch
+// GroupCommitMode returns how the store sends concurrent single-event
+// appends now: GroupCommitBatch, GroupCommitPipeline or GroupCommitOff as
+// configured, and with GroupCommitAuto the one of the first two it has
+// chosen from its measurements (it may choose again later).
+func (s *Store) GroupCommitMode() GroupCommit {
+	if s.gc == nil {
+		return GroupCommitOff
 	}
-	return c.GroupCommit
+	return s.gc.mode()
 }
 
 // codeStreamStoreCreate is JetStream's "error creating store for stream".
