@@ -27,14 +27,16 @@ func (a *app) benchCmd() *cobra.Command {
 		Long: `Run benchmark workloads, each as a pair: the raw JetStream operation and the
 esnats operation built on it, in the same process on the same server, taking
 turns in rounds so that machine noise hits both. The ESNATS/RAW column is the
-throughput ratio (1.00: as fast as raw JetStream).
+throughput ratio (1.00: as fast as raw JetStream). In load-snapshotted the
+"raw" side is esnats too: the same snapshotted load of a 100-event aggregate,
+beside the 10,000-event one.
 
 Workloads (all by default; --list describes them): ` + strings.Join(benchkit.Names(), ", ") + `.
 
 By default the benchmark runs on an embedded server in a temporary directory
 (fsync always, as esnats dev). With -s, NATS_URL or --context (or --server-only)
-it runs on that server instead: it creates its own streams, named
-esnats_bench_<workload>_<random>, and deletes them afterwards.`,
+it runs on that server instead: it creates its own streams and KV buckets,
+named esnats_bench_<workload>_<random>..., and deletes them afterwards.`,
 		Example: `  esnats bench
   esnats bench append load --ops 2000
   esnats bench append-concurrent --concurrency 64 --duration 10s
@@ -136,7 +138,7 @@ esnats_bench_<workload>_<random>, and deletes them afterwards.`,
 	f := cmd.Flags()
 	f.IntVar(&opts.Ops, "ops", 0, "operations per side (default: the workload's own)")
 	f.DurationVar(&opts.Duration, "duration", 0, "run each side this long instead of --ops")
-	f.IntVar(&opts.Rounds, "rounds", 0, "rounds in which the sides take turns (default 10; 3 for projection-catchup)")
+	f.IntVar(&opts.Rounds, "rounds", 0, "rounds in which the sides take turns (default 10; 3 for projection-catchup and projection-kv)")
 	f.IntVar(&opts.Concurrency, "concurrency", 0, fmt.Sprintf("writers of append-concurrent (default %d)", benchkit.DefaultConcurrency))
 	f.IntVar(&opts.Replicas, "replicas", 0, "replicas of the benchmark streams (default 1)")
 	f.StringVar(&groupCommit, "group-commit", "auto", "group-commit mode of the benchmark stores (auto, batch, pipeline, off): how append-concurrent and append-async send their appends")

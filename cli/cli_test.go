@@ -22,6 +22,7 @@ import (
 
 	"github.com/esnats/esnats/cli"
 	"github.com/esnats/esnats/embedded"
+	"github.com/esnats/esnats/internal/benchkit"
 	"github.com/esnats/esnats/kv"
 	"github.com/esnats/esnats/stream"
 )
@@ -560,6 +561,16 @@ func TestBench(t *testing.T) {
 		left = append(left, n)
 	}
 	assert.Equal(t, []string{"shop"}, left)
+
+	// --list describes every workload, both sides, without a server.
+	r = run(t, cli.Options{}, "bench", "--list")
+	require.Equal(t, cli.ExitOK, r.code, r.stderr)
+	for _, w := range benchkit.Workloads() {
+		assert.Regexp(t, `(?m)^`+regexp.QuoteMeta(w.Name)+`\s`, r.stdout)
+		assert.Contains(t, r.stdout, w.Raw, w.Name)
+		assert.Contains(t, r.stdout, w.Esnats, w.Name)
+	}
+	assert.Contains(t, r.stdout, "the same Repository load of a 100-event aggregate")
 
 	r = run(t, cli.Options{}, "bench", "nope")
 	assert.Equal(t, cli.ExitUsage, r.code)

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/esnats/esnats/embedded"
+	"github.com/esnats/esnats/kv"
 	"github.com/esnats/esnats/stream"
 )
 
@@ -146,6 +147,21 @@ func TestWorkloads(t *testing.T) {
 			assert.EqualValues(t, 1000, s.CachedInfo().State.Msgs) // the fill: loads write nothing
 			assert.EqualValues(t, 100, lastVersion(t, js, name, "cart", "hundred"))
 		}},
+		{"load-snapshotted", Options{Ops: 6, Rounds: 3}, 6, func(t *testing.T, name string, r Result) {
+			assert.Equal(t, 1, r.EventsPerOp) // the snapshot's last event
+			s, err := js.Stream(ctx, name)
+			require.NoError(t, err)
+			assert.EqualValues(t, 10_100, s.CachedInfo().State.Msgs) // the fill: loads write nothing
+			snaps, err := kv.OpenStore(ctx, js, kv.Config{Bucket: name + "_snapshots"})
+			require.NoError(t, err)
+			for id, n := range map[string]uint64{"ten-thousand": 10_000, "hundred": 100} {
+				assert.Equal(t, n, lastVersion(t, js, name, "cart", id))
+				snap, ok, err := snaps.Get(ctx, stream.Aggregate{Type: "cart", ID: id})
+				require.NoError(t, err)
+				assert.True(t, ok, id)
+				assert.Equal(t, n, snap.Version, id)
+			}
+		}},
 		{"repository-update", Options{Ops: 12, Rounds: 3}, 12, func(t *testing.T, name string, r Result) {
 			for _, typ := range []string{rawType, esnatsType} {
 				assert.EqualValues(t, 13, typeCount(t, js, name, typ), typ)
@@ -161,6 +177,18 @@ func TestWorkloads(t *testing.T) {
 			assert.Zero(t, st.Consumers, "consumers left behind")
 			assert.Zero(t, r.Esnats.P50, "no per-event latency")
 		}},
+		{"projection-kv", Options{Ops: 500, Rounds: 2}, 500, func(t *testing.T, name string, r Result) {
+			assert.Equal(t, 250, r.Raw.WarmupOps) // one whole catch-up
+			s, err := js.Stream(ctx, name)
+			require.NoError(t, err)
+			st := s.CachedInfo().State
+			assert.EqualValues(t, 250, st.Msgs)
+			assert.Zero(t, st.Consumers, "consumers left behind")
+			// Each catch-up checked its bucket's totals and checkpoint, then
+			// deleted it, also under Keep.
+			assert.Empty(t, streamNames(t, js, "KV_"+name), "KV buckets left behind")
+			assert.Zero(t, r.Esnats.P50, "no per-event latency")
+		}},
 	}
 	require.Len(t, cases, len(Workloads()), "a case per workload")
 	for _, c := range cases {
@@ -174,7 +202,7 @@ func TestWorkloads(t *testing.T) {
 			r, err := Run(ctx, js, w, c.opts)
 			require.NoError(t, err)
 			t.Cleanup(func() {
-				for _, n := range streamNames(t, js, r.Stream) {
+				for _, n := range append(streamNames(t, js, r.Stream), streamNames(t, js, "KV_"+r.Stream)...) {
 					assert.NoError(t, js.DeleteStream(context.Background(), n))
 				}
 			})
@@ -188,7 +216,7 @@ func TestWorkloads(t *testing.T) {
 				assert.Positive(t, s.Elapsed)
 				assert.Positive(t, s.OpsPerSec)
 				assert.InDelta(t, float64(s.Ops)/s.Elapsed.Seconds(), s.OpsPerSec, 1e-6*s.OpsPerSec)
-				if c.name != "projection-catchup" {
+				if w.Unit != "event" { // the catch-ups' events are not timed one by one
 					assert.Positive(t, s.P50)
 					assert.LessOrEqual(t, s.P50, s.P99)
 					assert.Positive(t, s.Mean)
@@ -212,7 +240,7 @@ func TestRunDeletesItsStreams(t *testing.T) {
 	// Another stream, whose subjects the runs' streams must not overlap.
 	_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "other", Subjects: []string{"other.>"}})
 	require.NoError(t, err)
-	for _, name := range []string{"append", "projection-catchup"} {
+	for _, name := range []string{"append", "projection-catchup", "projection-kv"} {
 		w, _ := Lookup(name)
 		r, err := Run(ctx, js, w, Options{Ops: 40, Rounds: 2, Prefix: "clean"})
 		require.NoError(t, err, name)
@@ -231,6 +259,7 @@ func TestRunStopsWhenContextEnds(t *testing.T) {
 		{"append", 300 * time.Millisecond},             // in the rounds
 		{"append-concurrent", 300 * time.Millisecond},  // in the rounds, 16 writers
 		{"projection-catchup", 100 * time.Millisecond}, // filling 20,000 events
+		{"load-snapshotted", 300 * time.Millisecond},   // filling 10,100 events, its snapshot bucket created
 	} {
 		t.Run(c.workload, func(t *testing.T) {
 			w, _ := Lookup(c.workload)
@@ -243,6 +272,7 @@ func TestRunStopsWhenContextEnds(t *testing.T) {
 			assert.Equal(t, ctx.Err(), err, "ctx.Err() itself")
 			assert.Less(t, took, c.after+5*time.Second, "stopped promptly")
 			assert.Empty(t, streamNames(t, js, "cancel"))
+			assert.Empty(t, streamNames(t, js, "KV_cancel"), "KV buckets left behind")
 		})
 	}
 	t.Run("before", func(t *testing.T) {
@@ -289,7 +319,8 @@ func TestRunRefuses(t *testing.T) {
 	assert.ErrorIs(t, err, ErrUnknownWorkload)
 	_, ok := Lookup("nope")
 	assert.False(t, ok)
-	assert.Equal(t, []string{"append", "append-batch", "append-concurrent", "append-async", "load", "repository-update", "projection-catchup"}, Names())
+	assert.Equal(t, []string{"append", "append-batch", "append-concurrent", "append-async", "load", "load-snapshotted",
+		"repository-update", "projection-catchup", "projection-kv"}, Names())
 	for _, w := range Workloads() {
 		assert.NotEmpty(t, w.Description, w.Name)
 		assert.Positive(t, w.DefaultOps, w.Name)

@@ -52,11 +52,27 @@ type env struct {
 	reg         *stream.Registry
 	name        string // stream name (and subject prefix)
 	concurrency int
+	replicas    int // of the store, and of the KV buckets the run creates
 	roundOps    int // ops per round per side of a fixed-chunk workload
 	dlq         bool
 
+	mu      sync.Mutex
+	buckets []string // KV buckets the run created (or tried to), for cleanup
+
 	typ, schema, contentType string
 	payload                  []byte // benchItem, encoded once
+}
+
+// bucket returns the name of a new KV bucket of the run, <stream>_<kind>,
+// and records it before it exists, so that cleanup deletes it whatever
+// happens: a catch-up deletes its bucket once checked, but not when it
+// fails or ctx ends.
+func (e *env) bucket(kind string) string {
+	name := e.name + "_" + kind
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.buckets = append(e.buckets, name)
+	return name
 }
 
 func newRegistry() (*stream.Registry, error) {

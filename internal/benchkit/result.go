@@ -50,15 +50,16 @@ type Side struct {
 	Ops       int `json:"ops"`
 	WarmupOps int `json:"warmup_ops"`
 	// Elapsed is the time the timed operations took: the sum over the
-	// rounds of each turn's wall time (for projection-catchup, from creating
-	// the consumer to the last event handled and acknowledged).
+	// rounds of each turn's wall time (for projection-catchup and
+	// projection-kv, from creating the consumer, or starting the runner, to
+	// the last event handled: acknowledged, or applied by the model).
 	Elapsed time.Duration `json:"elapsed_ns"`
 	// OpsPerSec is Ops / Elapsed, EventsPerSec the same in events.
 	OpsPerSec    float64 `json:"ops_per_sec"`
 	EventsPerSec float64 `json:"events_per_sec"`
 	// Mean, P50 and P99 are the latency of one operation (the mean exact,
-	// quantiles within 1.6%); 0 for projection-catchup, whose operations
-	// (events) are not timed one by one.
+	// quantiles within 1.6%); 0 for projection-catchup and projection-kv,
+	// whose operations (events) are not timed one by one.
 	Mean time.Duration `json:"mean_ns"`
 	P50  time.Duration `json:"p50_ns"`
 	P99  time.Duration `json:"p99_ns"`

@@ -17,8 +17,8 @@ import (
 	"github.com/esnats/esnats/stream"
 )
 
-// DefaultPrefix starts the names of the streams Run creates when
-// Options.Prefix is empty.
+// DefaultPrefix starts the names of the streams and KV buckets Run creates
+// when Options.Prefix is empty.
 const DefaultPrefix = "esnats_bench"
 
 // ErrUnknownWorkload is returned by Run for a Workload that is not one of
@@ -30,18 +30,23 @@ var ErrUnknownWorkload = errors.New("benchkit: unknown workload")
 type Options struct {
 	// Prefix starts the name of every stream Run creates:
 	// <Prefix>_<workload>_<8 random hex digits>, plus "_dlq" for the
-	// dead-letter stream of projection-catchup. Letters, digits, '-' and
-	// '_'. Default DefaultPrefix.
+	// dead-letter stream of projection-catchup and projection-kv; and of
+	// every KV bucket: that name plus "_snapshots" (load-snapshotted) or,
+	// one per catch-up, "_raw-kv-<n>" and "_esnats-kv-<n>" (projection-kv,
+	// each deleted once checked). Letters, digits, '-' and '_'. Default
+	// DefaultPrefix.
 	Prefix string
 	// Ops is the number of timed operations per side (Workload.Unit: appends,
 	// batches, loads, commands, events). Default Workload.DefaultOps.
-	// projection-catchup stores ceil(Ops/Rounds) events and consumes all of
-	// them in each round, so it may run a few more than Ops.
+	// projection-catchup and projection-kv store ceil(Ops/Rounds) events
+	// and consume all of them in each round, so they may run a few more
+	// than Ops.
 	Ops int
 	// Duration, instead of Ops, runs rounds until each side has been timed
 	// for at least Duration (and for at least 2 rounds); each round then
-	// runs about Duration/Rounds of operations. projection-catchup stores
-	// DefaultCatchUpEvents events. Ops and Duration cannot both be set.
+	// runs about Duration/Rounds of operations. projection-catchup and
+	// projection-kv store DefaultCatchUpEvents events. Ops and Duration
+	// cannot both be set.
 	Duration time.Duration
 	// Rounds is how many times the sides take turns: each round runs a
 	// share of the operations on one side and then the same number on the
@@ -56,11 +61,13 @@ type Options struct {
 	// sends its concurrent appends. Default stream.GroupCommitAuto, the
 	// store's default.
 	GroupCommit stream.GroupCommit
-	// Replicas is the replication factor of the streams Run creates: 1 to 5,
-	// at most the servers of the cluster. Default 1.
+	// Replicas is the replication factor of the streams and KV buckets Run
+	// creates: 1 to 5, at most the servers of the cluster. Default 1.
 	Replicas int
-	// Keep leaves the streams in place after the run, for inspection, instead
-	// of deleting them. Result.Stream names the store's stream.
+	// Keep leaves the streams and KV buckets in place after the run, for
+	// inspection, instead of deleting them (the buckets of projection-kv's
+	// catch-ups are deleted as they are checked). Result.Stream names the
+	// store's stream.
 	Keep bool
 	// Progress, if set, is told how far the timed rounds are: first with
 	// done = 0 as the run starts (done stays 0 through the set-up and the
@@ -128,12 +135,14 @@ func (o Options) withDefaults(w Workload) Options {
 
 // Run runs workload w against the server behind js: it creates a store
 // (a stream of its own, uniquely named after Options.Prefix, never touching
-// any other stream), sets the workload up (projection-catchup and load fill
-// the store), runs each side once untimed (a full catch-up for
-// projection-catchup), then the rounds (see Options.Rounds and Ops or
-// Duration), checks that each side stored or read what it reported (event
-// counts, aggregate versions, the read model's content), and deletes the
-// streams it created (unless Options.Keep), also when it fails or ctx ends.
+// any other stream or KV bucket), sets the workload up (load,
+// load-snapshotted, projection-catchup and projection-kv fill the store),
+// runs each side once untimed (a full catch-up for projection-catchup and
+// projection-kv), then the rounds (see Options.Rounds and Ops or Duration),
+// checks that each side stored or read what it reported (event counts,
+// aggregate versions, the read model's content), and deletes the streams
+// and KV buckets it created (unless Options.Keep), also when it fails or
+// ctx ends.
 //
 // Runs are independent: several may run at once, on one server or more,
 // though they then disturb each other's timings.
@@ -161,7 +170,7 @@ func Run(ctx context.Context, js jetstream.JetStream, w Workload, opts Options) 
 	if err != nil {
 		return Result{}, err
 	}
-	e := &env{js: js, reg: reg, name: o.Prefix + "_" + w.Name + "_" + randomHex(4), concurrency: o.Concurrency}
+	e := &env{js: js, reg: reg, name: o.Prefix + "_" + w.Name + "_" + randomHex(4), concurrency: o.Concurrency, replicas: o.Replicas}
 	res, err := run(ctx, e, w, o)
 	if !o.Keep {
 		if cerr := e.cleanup(ctx); cerr != nil && err == nil {
@@ -183,8 +192,8 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// cleanup deletes the streams the run created, with a context of its own so
-// that it also runs after ctx ended.
+// cleanup deletes the streams and KV buckets the run created, with a
+// context of its own so that it also runs after ctx ended.
 func (e *env) cleanup(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
@@ -196,6 +205,15 @@ func (e *env) cleanup(ctx context.Context) error {
 	for _, n := range names {
 		if err := e.js.DeleteStream(ctx, n); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 			errs = append(errs, fmt.Errorf("deleting stream %s: %w", n, err))
+		}
+	}
+	e.mu.Lock()
+	buckets := slices.Clone(e.buckets)
+	e.mu.Unlock()
+	for _, b := range buckets {
+		// Most are gone already: a catch-up deletes its bucket once checked.
+		if err := e.js.DeleteKeyValue(ctx, b); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+			errs = append(errs, fmt.Errorf("deleting KV bucket %s: %w", b, err))
 		}
 	}
 	return errors.Join(errs...)

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"maps"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/esnats/esnats/aggregate"
 	"github.com/esnats/esnats/consumers"
+	"github.com/esnats/esnats/kv"
 	"github.com/esnats/esnats/projections"
 	"github.com/esnats/esnats/stream"
 )
@@ -69,8 +72,9 @@ const (
 	batchEvents = 10  // events per append-batch command
 	loadEvents  = 100 // events of the aggregate load reads
 	loadOthers  = 9   // other aggregates interleaved with it in the store
-	// DefaultCatchUpEvents is how many events projection-catchup stores
-	// (and each side consumes per round) when Options.Duration is set.
+	// DefaultCatchUpEvents is how many events projection-catchup and
+	// projection-kv store (and each side consumes per round) when
+	// Options.Duration is set.
 	DefaultCatchUpEvents = 20_000
 	catchUpAckEvery      = 100 // the raw consumer acknowledges every 100th event
 	catchUpFillBatch     = 1000
@@ -138,6 +142,17 @@ func Workloads() []Workload {
 			setup:         setupLoad,
 		},
 		{
+			Name:          "load-snapshotted",
+			Description:   "load a 10,000-event aggregate from its snapshot, beside a 100-event one loaded the same way",
+			Unit:          "load",
+			EventsPerOp:   snapEventsRead,
+			Raw:           "the same Repository load of a 100-event aggregate (target: the 10,000-event one takes at most 1.5x its time)",
+			Esnats:        "aggregate.Repository.Load of a 10,000-event aggregate, KV snapshots every 100 events, no cache",
+			DefaultOps:    1000,
+			DefaultRounds: 10,
+			setup:         setupLoadSnapshotted,
+		},
+		{
 			Name:          "repository-update",
 			Description:   "commands of one event on one hot aggregate",
 			Unit:          "command",
@@ -159,6 +174,18 @@ func Workloads() []Workload {
 			DefaultRounds: 3,
 			fixedChunk:    true,
 			setup:         setupCatchUp,
+		},
+		{
+			Name:          "projection-kv",
+			Description:   "a new projection consuming the whole store from the start into a KV read model of 7 keys (items per SKU), each round",
+			Unit:          "event",
+			EventsPerOp:   1,
+			Raw:           "projection-catchup's consumer, decoding; every 100 events a KV Put of each key changed, 16 at a time, then of a checkpoint",
+			Esnats:        "projections.Runner feeding a projections.KV read model (file bucket, exactly-once)",
+			DefaultOps:    3 * DefaultCatchUpEvents,
+			DefaultRounds: 3,
+			fixedChunk:    true,
+			setup:         setupProjectionKV,
 		},
 	}
 }
@@ -633,7 +660,167 @@ func setupRepositoryUpdate(_ context.Context, e *env) (*pair, error) {
 	}, nil
 }
 
-// catchUpItem is the i-th event of projection-catchup's store.
+// Shape of load-snapshotted.
+const (
+	snapLongEvents  = 10_000 // events of the cart the esnats side loads
+	snapShortEvents = 100    // events of the cart the raw side loads
+	snapEvery       = 100    // Config.SnapshotEvery; both histories end on a snapshot
+)
+
+// setupLoadSnapshotted stores two carts through a Repository with KV
+// snapshots every 100 events (in a bucket of the run's own), in commands of
+// 100 events: one of 10,000 events, then one of 100, each ending on a
+// snapshot. Both sides load through a Repository of the same configuration
+// without a cache (CacheSize -1: every load reads the stores, as a cold
+// load in another process does), the esnats side the long cart, the raw
+// side the short one: what the snapshots leave of the cost of a long
+// history.
+//
+// The short cart comes last so that both histories end among the stream's
+// last 200 events: a load reads the stream from the snapshot's last event
+// on, and that read is slower the more messages of other aggregates follow
+// the event (written first, under the long cart's 9,900 later events, the
+// short cart loaded in about 0.85 ms against 0.25 ms, on a 2-core machine).
+// Written this way the short cart has the edge: its last event is the
+// stream's, the long cart's has 100 events after it.
+func setupLoadSnapshotted(ctx context.Context, e *env) (*pair, error) {
+	snaps, err := kv.NewStore(ctx, e.js, kv.Config{Bucket: e.bucket("snapshots"), Replicas: e.replicas})
+	if err != nil {
+		return nil, err
+	}
+	cfg := aggregate.Config[*cart]{Store: e.store, Type: "cart", New: newCart, Snapshots: snaps, SnapshotEvery: snapEvery}
+	fill, err := aggregate.NewRepository(cfg)
+	if err != nil {
+		return nil, err
+	}
+	long := snapCart{id: "ten-thousand", events: snapLongEvents}
+	short := snapCart{id: "hundred", events: snapShortEvents}
+	for _, c := range []snapCart{long, short} {
+		for done := 0; done < c.events; done += snapEvery {
+			err := fill.Update(ctx, c.id, func(a *cart) error {
+				for i := done; i < min(done+snapEvery, c.events); i++ {
+					if err := a.add(catchUpItem(i)); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return nil, fmt.Errorf("filling the store: cart/%s: %w", c.id, err)
+			}
+		}
+	}
+	fill.Flush() // the snapshots are written in the background
+	checkSnapshots := func(ctx context.Context) error {
+		for _, c := range []snapCart{long, short} {
+			agg := stream.Aggregate{Type: "cart", ID: c.id}
+			snap, ok, err := snaps.Get(ctx, agg)
+			if err != nil {
+				return err
+			}
+			if !ok || snap.Version != uint64(c.events) {
+				return fmt.Errorf("%s: snapshot at version %d (stored: %v), want %d", agg, snap.Version, ok, c.events)
+			}
+		}
+		return nil
+	}
+	if err := checkSnapshots(ctx); err != nil {
+		return nil, fmt.Errorf("filling the store: %w", err)
+	}
+	cfg.CacheSize = -1
+	repo, err := aggregate.NewRepository(cfg)
+	if err != nil {
+		return nil, err
+	}
+	load := func(c snapCart) sideFunc {
+		return sequential(func(ctx context.Context) error {
+			a, err := repo.Load(ctx, c.id)
+			if err != nil {
+				return err
+			}
+			return c.check(a)
+		})
+	}
+	stored := uint64(snapLongEvents + snapShortEvents)
+	return &pair{
+		raw:    load(short),
+		esnats: load(long),
+		warmup: 1,
+		verify: func(ctx context.Context, _ int) error {
+			if err := e.checkTotal(ctx, stored); err != nil {
+				return err
+			}
+			if err := checkSnapshots(ctx); err != nil {
+				return err
+			}
+			// The timed loads read no more than this one, through a store
+			// that counts: the snapshot's own last event, which confirms
+			// the snapshot, and nothing before it.
+			counter := &countingStore{EventStore: e.store}
+			ccfg := cfg
+			ccfg.Store = counter
+			check, err := aggregate.NewRepository(ccfg)
+			if err != nil {
+				return err
+			}
+			for _, c := range []snapCart{long, short} {
+				counter.events.Store(0)
+				a, err := check.Load(ctx, c.id)
+				if err != nil {
+					return err
+				}
+				if err := c.check(a); err != nil {
+					return err
+				}
+				if n := counter.events.Load(); n != snapEventsRead {
+					return fmt.Errorf("cart/%s: a load read %d events, want %d (from the snapshot)", c.id, n, snapEventsRead)
+				}
+			}
+			return nil
+		},
+	}, nil
+}
+
+// snapEventsRead is the number of events a load of load-snapshotted reads
+// from the stream, of either cart: the snapshot's last event, which
+// confirms the snapshot. It is the workload's EventsPerOp.
+const snapEventsRead = 1
+
+// snapCart is one cart of load-snapshotted.
+type snapCart struct {
+	id     string
+	events int
+}
+
+// check checks a loaded cart: version and items added are its events.
+func (c snapCart) check(a *cart) error {
+	if a.Version() != uint64(c.events) || a.Adds != c.events {
+		return fmt.Errorf("cart/%s: loaded at version %d with %d items added, want %d", c.id, a.Version(), a.Adds, c.events)
+	}
+	return nil
+}
+
+// countingStore counts the events its Load returns.
+type countingStore struct {
+	stream.EventStore
+	events atomic.Int64
+}
+
+func (s *countingStore) Load(ctx context.Context, agg stream.Aggregate, opts ...stream.ReadOption) iter.Seq2[*stream.Event, error] {
+	return func(yield func(*stream.Event, error) bool) {
+		for ev, err := range s.EventStore.Load(ctx, agg, opts...) {
+			if err == nil {
+				s.events.Add(1)
+			}
+			if !yield(ev, err) {
+				return
+			}
+		}
+	}
+}
+
+// catchUpItem is the i-th event of the store of projection-catchup and
+// projection-kv, and of the carts of load-snapshotted.
 func catchUpItem(i int) item {
 	it := benchItem
 	it.SKU = "s" + strconv.Itoa(i%7)
@@ -641,10 +828,11 @@ func catchUpItem(i int) item {
 	return it
 }
 
-// setupCatchUp stores e.roundOps events over ceil(events/10) carts (event i
+// fillCatchUp stores e.roundOps events over ceil(events/10) carts (event i
 // in cart i mod carts) with atomic AppendBatch calls of up to 1000 events,
-// one per cart, each with the concurrency check.
-func setupCatchUp(ctx context.Context, e *env) (*pair, error) {
+// one per cart, each with the concurrency check: the store of
+// projection-catchup and projection-kv.
+func fillCatchUp(ctx context.Context, e *env) (*catchUp, error) {
 	n := e.roundOps
 	carts := (n + 9) / 10
 	per := min(catchUpFillBatch, carts) // consecutive events: distinct carts
@@ -678,33 +866,41 @@ func setupCatchUp(ctx context.Context, e *env) (*pair, error) {
 		return nil, fmt.Errorf("filling the store: %d events stored, want %d", got, n)
 	}
 	e.dlq = true // the runner's consumer creates the dead-letter stream
-	c := &catchUp{e: e, n: n, lastSeq: lastSeq, want: want}
-	return &pair{
-		raw:    c.raw,
-		esnats: c.project,
-		warmup: n,
-		verify: func(ctx context.Context, _ int) error {
-			s, err := e.js.Stream(ctx, e.name)
-			if err != nil {
-				return err
-			}
-			st := s.CachedInfo().State
-			if st.Msgs != uint64(n) || st.Consumers != 0 {
-				return fmt.Errorf("store holds %d events and %d consumers, want %d and none", st.Msgs, st.Consumers, n)
-			}
-			return nil
-		},
-	}, nil
+	return &catchUp{e: e, n: n, lastSeq: lastSeq, want: want}, nil
 }
 
-// catchUp is projection-catchup's store and what a model of it must hold.
+func setupCatchUp(ctx context.Context, e *env) (*pair, error) {
+	c, err := fillCatchUp(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	return &pair{raw: c.raw, esnats: c.project, warmup: c.n, verify: c.verify}, nil
+}
+
+// setupProjectionKV: projection-catchup's store, caught up with into KV
+// buckets (file storage, as KVConfig and CreateKeyValue default to) holding
+// the items per SKU, 7 keys, in decimal: the shape of the kv-sku modes of
+// BenchmarkCatchUp in projections/bench_test.go. The raw side is that
+// benchmark's raw-kv kind, a hand-written projector (see rawKV); the esnats
+// side a projections.KV read model in a Runner (see projectKV). Each
+// catch-up writes a new bucket, then checks and deletes it.
+func setupProjectionKV(ctx context.Context, e *env) (*pair, error) {
+	c, err := fillCatchUp(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	return &pair{raw: c.rawKV, esnats: c.projectKV, warmup: c.n, verify: c.verify}, nil
+}
+
+// catchUp is the store of projection-catchup and projection-kv, and what a
+// model of it must hold.
 type catchUp struct {
 	e       *env
 	n       int
 	lastSeq uint64
 	want    map[string]int // items per SKU
 	mu      sync.Mutex
-	seq     int // for consumer names
+	seq     int // for consumer and bucket names
 }
 
 func (c *catchUp) name(kind string) string {
@@ -712,6 +908,29 @@ func (c *catchUp) name(kind string) string {
 	defer c.mu.Unlock()
 	c.seq++
 	return kind + "-" + strconv.Itoa(c.seq)
+}
+
+// verify checks, after the rounds, that the store holds its events and no
+// consumer: each catch-up deleted its own.
+func (c *catchUp) verify(ctx context.Context, _ int) error {
+	s, err := c.e.js.Stream(ctx, c.e.name)
+	if err != nil {
+		return err
+	}
+	st := s.CachedInfo().State
+	if st.Msgs != uint64(c.n) || st.Consumers != 0 {
+		return fmt.Errorf("store holds %d events and %d consumers, want %d and none", st.Msgs, st.Consumers, c.n)
+	}
+	return nil
+}
+
+// checkSize refuses a round of another size than the store: each round
+// consumes the whole store.
+func (c *catchUp) checkSize(n int) error {
+	if n != c.n {
+		return fmt.Errorf("catch-up: %d events asked for a store of %d", n, c.n)
+	}
+	return nil
 }
 
 // deleteConsumer deletes a consumer even when ctx has ended.
@@ -726,14 +945,23 @@ func (c *catchUp) deleteConsumer(ctx context.Context, name string) error {
 }
 
 // raw consumes the whole store through a new durable pull consumer with
+// esnats' settings (see consume), without decoding.
+func (c *catchUp) raw(ctx context.Context, n int, rec *recorder) (time.Duration, error) {
+	if err := c.checkSize(n); err != nil {
+		return 0, err
+	}
+	return c.consume(ctx, rec, nil)
+}
+
+// consume consumes the whole store through a new durable pull consumer with
 // esnats' settings (MaxAckPending 1000, 200 messages per pull), AckAll,
 // acknowledging every 100th message and the last (waiting for the server
-// to confirm it). It returns the time from creating the consumer to that
-// confirmation, checks the consumer's final state and deletes it.
-func (c *catchUp) raw(ctx context.Context, n int, rec *recorder) (time.Duration, error) {
-	if n != c.n {
-		return 0, fmt.Errorf("projection-catchup: %d events asked for a store of %d", n, c.n)
-	}
+// to confirm it). handle, if set, sees each message before it is
+// acknowledged, flush set on each one that is (every 100th and the last);
+// an error from it ends the catch-up. It returns the time from creating
+// the consumer to that confirmation, checks the consumer's final state and
+// deletes it.
+func (c *catchUp) consume(ctx context.Context, rec *recorder, handle func(m jetstream.Msg, flush bool) error) (time.Duration, error) {
 	name := c.name("raw")
 	start := time.Now()
 	cons, err := c.e.js.CreateConsumer(ctx, c.e.name, jetstream.ConsumerConfig{
@@ -751,13 +979,25 @@ func (c *catchUp) raw(ctx context.Context, n int, rec *recorder) (time.Duration,
 	defer func() { _ = c.deleteConsumer(ctx, name) }()
 	count := 0 // the handler is called by one goroutine at a time
 	last := make(chan jetstream.Msg, 1)
+	failed := make(chan error, 1)
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		count++
 		rec.add(1)
+		isLast := count == c.n
+		flush := isLast || count%catchUpAckEvery == 0
+		if handle != nil {
+			if err := handle(m, flush); err != nil {
+				select {
+				case failed <- err:
+				default:
+				}
+				return
+			}
+		}
 		switch {
-		case count == n:
+		case isLast:
 			last <- m
-		case count%catchUpAckEvery == 0:
+		case flush:
 			_ = m.Ack()
 		}
 	}, jetstream.PullMaxMessages(2*consumers.DefaultBatchSize), jetstream.PullExpiry(consumers.DefaultPinnedTTL/2))
@@ -772,6 +1012,11 @@ func (c *catchUp) raw(ctx context.Context, n int, rec *recorder) (time.Duration,
 		if err := m.DoubleAck(ctx); err != nil {
 			return 0, fmt.Errorf("raw consumer %s: last acknowledgement: %w", name, err)
 		}
+	case err := <-failed:
+		if cerr := ctx.Err(); cerr != nil {
+			return time.Since(start), cerr
+		}
+		return 0, fmt.Errorf("raw consumer %s: %w", name, err)
 	case <-ctx.Done():
 		return time.Since(start), ctx.Err()
 	case <-timeout.C:
@@ -789,13 +1034,168 @@ func (c *catchUp) raw(ctx context.Context, n int, rec *recorder) (time.Duration,
 	return d, c.deleteConsumer(ctx, name)
 }
 
+// rawCheckpointKey is the key of the raw side's checkpoint in its KV
+// bucket.
+const rawCheckpointKey = "checkpoint"
+
+// kvPutters is the number of KV puts the raw side of projection-kv runs at
+// a time: 16, as the raw-kv kind of projections/bench_test.go does, so that
+// the command line and `make bench` measure the same thing.
+const kvPutters = 16
+
+// rawKV is a hand-written projector, BenchmarkCatchUp's raw-kv kind: the
+// raw consumer of consume, decoding each event and adding its quantity to
+// its SKU's total; on each message it acknowledges (every 100th and the
+// last), before the acknowledgement, it puts the total of each SKU changed
+// since the previous one (kv.Put, 16 at a time), then the message's stream
+// sequence under a checkpoint key: as many KV writes as the KV read model
+// makes for batches of 100, of the same keys and decimal values. It
+// returns consume's time; creating the bucket, checking its values and
+// deleting it are not timed.
+func (c *catchUp) rawKV(ctx context.Context, n int, rec *recorder) (time.Duration, error) {
+	if err := c.checkSize(n); err != nil {
+		return 0, err
+	}
+	name := c.e.bucket(c.name("raw-kv"))
+	bucket, err := c.e.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: name, Replicas: c.e.replicas})
+	if err != nil {
+		return 0, fmt.Errorf("creating KV bucket %s: %w", name, err)
+	}
+	tally := map[string]int{}
+	touched := map[string]bool{}
+	d, err := c.consume(ctx, rec, func(m jetstream.Msg, flush bool) error {
+		it, err := c.decode(m)
+		if err != nil {
+			return err
+		}
+		tally[it.SKU] += it.Qty
+		touched[it.SKU] = true
+		if !flush {
+			return nil
+		}
+		md, err := m.Metadata()
+		if err != nil {
+			return err
+		}
+		if err := putAll(touched, func(key string) error {
+			_, err := bucket.Put(ctx, key, []byte(strconv.Itoa(tally[key])))
+			return err
+		}); err != nil {
+			return err
+		}
+		clear(touched)
+		_, err = bucket.Put(ctx, rawCheckpointKey, []byte(strconv.FormatUint(md.Sequence.Stream, 10)))
+		return err
+	})
+	if err != nil {
+		return d, err
+	}
+	values, err := readBucket(ctx, bucket)
+	if err != nil {
+		return 0, err
+	}
+	cp := string(values[rawCheckpointKey])
+	delete(values, rawCheckpointKey)
+	if err := c.checkTotals("raw KV bucket "+name, values); err != nil {
+		return 0, err
+	}
+	if cp != strconv.FormatUint(c.lastSeq, 10) {
+		return 0, fmt.Errorf("raw KV bucket %s: checkpoint %q, want %d", name, cp, c.lastSeq)
+	}
+	return d, c.e.js.DeleteKeyValue(ctx, name)
+}
+
+// decode decodes a raw message's payload with the store's registry, as a
+// hand-written projector does.
+func (c *catchUp) decode(m jetstream.Msg) (item, error) {
+	h := m.Headers()
+	schema, err := strconv.Atoi(h.Get(stream.HeaderSchema))
+	if err != nil {
+		return item{}, fmt.Errorf("%s: bad %s: %w", m.Subject(), stream.HeaderSchema, err)
+	}
+	v, err := c.e.reg.Decode(h.Get(stream.HeaderEventType), schema, h.Get(stream.HeaderContentType), m.Data())
+	if err != nil {
+		return item{}, err
+	}
+	it, ok := v.(item)
+	if !ok {
+		return item{}, fmt.Errorf("unexpected event data %T", v)
+	}
+	return it, nil
+}
+
+// checkTotals checks that values (decimal, by SKU) are the store's items
+// per SKU.
+func (c *catchUp) checkTotals(what string, values map[string][]byte) error {
+	got := make(map[string]int, len(values))
+	for k, v := range values {
+		n, err := strconv.Atoi(string(v))
+		if err != nil {
+			return fmt.Errorf("%s: key %s holds %q, not a number", what, k, v)
+		}
+		got[k] = n
+	}
+	if !maps.Equal(got, c.want) {
+		return fmt.Errorf("%s holds %v, want %v", what, got, c.want)
+	}
+	return nil
+}
+
+// putAll calls put for every key, kvPutters at a time, and returns the
+// errors.
+func putAll(keys map[string]bool, put func(key string) error) error {
+	var (
+		wg   sync.WaitGroup
+		sem  = make(chan struct{}, kvPutters)
+		mu   sync.Mutex
+		errs []error
+	)
+	for key := range keys {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := put(key); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("put %s: %w", key, err))
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// readBucket returns every value of bucket, read with one watcher.
+func readBucket(ctx context.Context, bucket jetstream.KeyValue) (map[string][]byte, error) {
+	w, err := bucket.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("reading KV bucket %s: %w", bucket.Bucket(), err)
+	}
+	defer func() { _ = w.Stop() }()
+	out := map[string][]byte{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, fmt.Errorf("reading KV bucket %s: watcher stopped", bucket.Bucket())
+			}
+			if e == nil { // every current value delivered
+				return out, nil
+			}
+			out[e.Key()] = e.Value()
+		}
+	}
+}
+
 // project runs a new projection with an in-memory model (items per SKU) in a
 // projections.Runner until the model has applied the store's last event. It
 // returns the time from starting the runner to then, stops the runner,
 // checks the model and deletes the projection's consumer.
 func (c *catchUp) project(ctx context.Context, n int, rec *recorder) (time.Duration, error) {
-	if n != c.n {
-		return 0, fmt.Errorf("projection-catchup: %d events asked for a store of %d", n, c.n)
+	if err := c.checkSize(n); err != nil {
+		return 0, err
 	}
 	name := c.name("esnats")
 	model := projections.NewMemory(func(view map[string]int, ev *stream.Event) error {
@@ -806,12 +1206,79 @@ func (c *catchUp) project(ctx context.Context, n int, rec *recorder) (time.Durat
 		view[it.SKU] += it.Qty
 		return nil
 	})
-	w := &caughtUp{Memory: model, target: c.lastSeq, rec: rec, done: make(chan struct{})}
-	r := projections.NewRunner(c.e.js, c.e.store, nil)
-	if err := r.Add(projections.Projection{Name: name, Model: w}); err != nil {
+	w := &memoryCaughtUp{Memory: model, caughtUp: newCaughtUp(c.lastSeq, rec)}
+	defer func() { _ = c.deleteConsumer(ctx, name) }()
+	d, err := c.runProjection(ctx, name, w, w.done)
+	if err != nil {
+		return d, err
+	}
+	if got := model.Snapshot(); !maps.Equal(got, c.want) {
+		return 0, fmt.Errorf("projection %s: model holds %v, want %v", name, got, c.want)
+	}
+	return d, c.deleteConsumer(ctx, name)
+}
+
+// projectKV runs a new projection with a KV read model on a bucket of its
+// own (items per SKU: each event reads its SKU's total and puts the new
+// one, in decimal) in a projections.Runner until the model has applied the
+// store's last event: its keys and its checkpoint are written. It returns
+// the time from starting the runner to then; creating the bucket,
+// checking its values and checkpoint, and deleting it and the projection's
+// consumer are not timed.
+func (c *catchUp) projectKV(ctx context.Context, n int, rec *recorder) (time.Duration, error) {
+	if err := c.checkSize(n); err != nil {
 		return 0, err
 	}
+	name := c.name("esnats-kv")
+	bucket := c.e.bucket(name)
+	model, err := projections.NewKV(ctx, c.e.js, projections.KVConfig{Bucket: bucket, Replicas: c.e.replicas},
+		func(_ context.Context, tx *projections.KVBatch, ev *stream.Event) error {
+			it, ok := ev.Data.(item)
+			if !ok {
+				return fmt.Errorf("unexpected event data %T", ev.Data)
+			}
+			old, _, err := tx.Get(it.SKU)
+			if err != nil {
+				return err
+			}
+			total, _ := strconv.Atoi(string(old)) // absent: 0
+			tx.Put(it.SKU, []byte(strconv.Itoa(total+it.Qty)))
+			return nil
+		})
+	if err != nil {
+		return 0, err
+	}
+	w := &kvCaughtUp{KV: model, caughtUp: newCaughtUp(c.lastSeq, rec)}
 	defer func() { _ = c.deleteConsumer(ctx, name) }()
+	d, err := c.runProjection(ctx, name, w, w.done)
+	if err != nil {
+		return d, err
+	}
+	values, err := model.All(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if err := c.checkTotals("KV read model "+bucket, values); err != nil {
+		return 0, err
+	}
+	if cp, err := model.Checkpoint(ctx); err != nil || cp != c.lastSeq {
+		return 0, fmt.Errorf("KV read model %s: checkpoint %d (%v), want %d", bucket, cp, err, c.lastSeq)
+	}
+	if err := c.e.js.DeleteKeyValue(ctx, bucket); err != nil {
+		return 0, err
+	}
+	return d, c.deleteConsumer(ctx, name)
+}
+
+// runProjection runs model as a new projection called name in a
+// projections.Runner until done is closed (the model has applied the
+// store's last event), and returns the time from starting the runner to
+// then. It stops the runner before it returns.
+func (c *catchUp) runProjection(ctx context.Context, name string, model projections.ReadModel, done <-chan struct{}) (time.Duration, error) {
+	r := projections.NewRunner(c.e.js, c.e.store, nil)
+	if err := r.Add(projections.Projection{Name: name, Model: model}); err != nil {
+		return 0, err
+	}
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()
 	runErr := make(chan error, 1)
@@ -820,7 +1287,7 @@ func (c *catchUp) project(ctx context.Context, n int, rec *recorder) (time.Durat
 	start := time.Now()
 	go func() { runErr <- r.Run(rctx) }()
 	select {
-	case <-w.done:
+	case <-done:
 	case err := <-runErr:
 		if err == nil {
 			err = ctx.Err()
@@ -843,32 +1310,64 @@ func (c *catchUp) project(ctx context.Context, n int, rec *recorder) (time.Durat
 	if err := <-runErr; err != nil {
 		return 0, fmt.Errorf("projection %s: %w", name, err)
 	}
-	if got := model.Snapshot(); !maps.Equal(got, c.want) {
-		return 0, fmt.Errorf("projection %s: model holds %v, want %v", name, got, c.want)
-	}
-	return d, c.deleteConsumer(ctx, name)
+	return d, nil
 }
 
-// caughtUp is projection-catchup's read model: the in-memory model, counting
-// the events it is given and closing done once it has applied the event at
-// sequence target. Embedding *projections.Memory keeps it Checkpointed.
+// caughtUp follows a catch-up's read model: it counts the events the model
+// applied and closes done once it has applied the event at sequence
+// target.
 type caughtUp struct {
-	*projections.Memory[int]
 	target uint64
 	rec    *recorder
 	once   sync.Once
 	done   chan struct{}
 }
 
-func (w *caughtUp) Apply(ctx context.Context, evs []*stream.Event) error {
-	if err := w.Memory.Apply(ctx, evs); err != nil {
-		return err
-	}
+func newCaughtUp(target uint64, rec *recorder) *caughtUp {
+	return &caughtUp{target: target, rec: rec, done: make(chan struct{})}
+}
+
+// applied notes a batch the model applied.
+func (w *caughtUp) applied(evs []*stream.Event) {
 	w.rec.add(len(evs))
 	if len(evs) > 0 && evs[len(evs)-1].Sequence >= w.target {
 		w.once.Do(func() { close(w.done) })
 	}
+}
+
+// memoryCaughtUp is projection-catchup's read model: the in-memory model,
+// followed by caughtUp. Embedding *projections.Memory keeps it
+// Checkpointed.
+type memoryCaughtUp struct {
+	*projections.Memory[int]
+	*caughtUp
+}
+
+func (w *memoryCaughtUp) Apply(ctx context.Context, evs []*stream.Event) error {
+	if err := w.Memory.Apply(ctx, evs); err != nil {
+		return err
+	}
+	w.applied(evs)
 	return nil
 }
 
-var _ projections.Checkpointed = (*caughtUp)(nil)
+// kvCaughtUp is projection-kv's read model: the KV model, followed by
+// caughtUp. Embedding *projections.KV keeps it Checkpointed: the runner
+// then runs it exactly-once, as an application's KV model runs.
+type kvCaughtUp struct {
+	*projections.KV
+	*caughtUp
+}
+
+func (w *kvCaughtUp) Apply(ctx context.Context, evs []*stream.Event) error {
+	if err := w.KV.Apply(ctx, evs); err != nil {
+		return err
+	}
+	w.applied(evs)
+	return nil
+}
+
+var (
+	_ projections.Checkpointed = (*memoryCaughtUp)(nil)
+	_ projections.Checkpointed = (*kvCaughtUp)(nil)
+)
