@@ -19,7 +19,10 @@ import (
 // It starts with batches. While appends are concurrent (a mode changes
 // nothing for a lone writer) it measures the mean latency of the current
 // mode for a window, then of the other mode for a window (the probe), and
-// keeps the other mode only when it was clearly faster (by probeGain).
+// keeps the other mode only when it was clearly faster (by probeGain). A
+// probe that cannot win any more (its appends, those in flight included,
+// have already taken too long on average) ends at once, so probing the
+// slower mode costs a few of its latencies, not a window.
 // Mean latency is the right figure whether the load is a fixed number of
 // writers (their rate is writers/latency) or a fixed rate (where fewer
 // appends in flight means a lower latency at the same rate). It probes
@@ -51,11 +54,12 @@ type autoMode struct {
 	state    autoState
 	phase    uint64 // changes with every state change; samples count only in their own phase
 	since    time.Time
-	draining bool      // a measurement's window is over; its appends in flight are awaited
-	drained  time.Time // when the window was over
-	begun    int       // appends counted in the measurement
-	pending  int       // of those, the ones in flight
-	n        int       // of those, the ones ended
+	draining bool          // a measurement's window is over; its appends in flight are awaited
+	drained  time.Time     // when the window was over
+	begun    int           // appends counted in the measurement
+	pending  int           // of those, the ones in flight
+	started  time.Duration // the sum of their starts, from since
+	n        int           // of those, the ones ended
 	sum      time.Duration
 	base     time.Duration // the current mode's mean latency, from its last measurement
 	hold     time.Duration
@@ -83,6 +87,9 @@ const (
 	// for a switch: measurements on a busy machine vary by some 10-20%,
 	// the modes differ by 2.5x or more where the choice matters.
 	probeGain = 1.25
+	// minVerdict is how many appends a probe needs before it may be
+	// called lost early.
+	minVerdict = 16
 )
 
 func newAutoMode() *autoMode {
@@ -119,6 +126,7 @@ func (a *autoMode) begin() autoSample {
 	if s.counted {
 		a.begun++
 		a.pending++
+		a.started += now.Sub(a.since)
 	}
 	a.mu.Unlock()
 	return s
@@ -135,6 +143,7 @@ func (a *autoMode) end(s autoSample) {
 	a.mu.Lock()
 	if s.phase == a.phase {
 		a.pending--
+		a.started -= s.start.Sub(a.since)
 		a.n++
 		a.sum += now.Sub(s.start)
 	}
@@ -153,6 +162,7 @@ func (a *autoMode) drop(s autoSample) {
 	if s.phase == a.phase {
 		a.begun--
 		a.pending--
+		a.started -= s.start.Sub(a.since)
 	}
 	a.mu.Unlock()
 }
@@ -179,6 +189,17 @@ func (a *autoMode) stepLocked(now time.Time) {
 		a.enterLocked(autoMeasure, now)
 		return
 	}
+	if a.state == autoProbe && a.begun >= minVerdict {
+		// The probe's mean is at least what its appends have taken so
+		// far, those in flight included: once that is too slow to win,
+		// the probe is lost, and ends now rather than after its window
+		// (probing the slower mode is what Auto's choice costs).
+		atLeast := a.sum + time.Duration(a.pending)*elapsed - a.started
+		if float64(atLeast)/float64(a.begun)*a.gain >= float64(a.base) {
+			a.lostLocked(now)
+			return
+		}
+	}
 	if !a.draining {
 		switch {
 		case a.begun >= a.minSamples && elapsed >= a.window:
@@ -203,7 +224,7 @@ func (a *autoMode) stepLocked(now time.Time) {
 		// Still in flight after maxWindow: each has taken at least that.
 		a.n += a.pending
 		a.sum += time.Duration(a.pending) * late
-		a.pending = 0
+		a.pending, a.started = 0, 0
 	}
 	mean := a.sum / time.Duration(max(a.n, 1))
 	if a.state == autoMeasure {
@@ -216,16 +237,23 @@ func (a *autoMode) stepLocked(now time.Time) {
 	if float64(mean)*a.gain < float64(a.base) {
 		a.switches.Add(1) // keep the probed mode
 		a.hold = a.minHold
-	} else {
-		a.pipeline.Store(!a.pipeline.Load())
-		a.hold = min(2*a.hold, a.maxHold)
+		a.enterLocked(autoIdle, now)
+		return
 	}
+	a.lostLocked(now)
+}
+
+// lostLocked ends a probe that did not beat the current mode: back to it,
+// and a longer hold before the next.
+func (a *autoMode) lostLocked(now time.Time) {
+	a.pipeline.Store(!a.pipeline.Load())
+	a.hold = min(2*a.hold, a.maxHold)
 	a.enterLocked(autoIdle, now)
 }
 
 func (a *autoMode) enterLocked(s autoState, now time.Time) {
 	a.state, a.since, a.draining = s, now, false
-	a.begun, a.pending, a.n, a.sum = 0, 0, 0, 0
+	a.begun, a.pending, a.started, a.n, a.sum = 0, 0, 0, 0, 0
 	a.phase++
 	if s == autoIdle {
 		a.next.Store(now.Add(a.hold).UnixNano())

@@ -14,9 +14,10 @@ import (
 
 // Concurrent appends to different aggregates: the store sends those that
 // arrive while one is in flight together, in one atomic batch, each with
-// its own expectation (group commit, on by default). A single-replica store
-// on a server with the default fsync policy would set
-// GroupCommit: stream.GroupCommitPipeline instead.
+// its own expectation (group commit, on by default). The default mode,
+// GroupCommitAuto, times batches against single publishes while appends
+// are concurrent and keeps the faster; a fixed mode skips that.
+// GroupCommitMode says how the store sends them now.
 func ExampleConfig_groupCommit() {
 	dir, _ := os.MkdirTemp("", "esnats-example-")
 	defer os.RemoveAll(dir)
@@ -35,7 +36,7 @@ func ExampleConfig_groupCommit() {
 	store, err := stream.NewStore(ctx, js, stream.Config{
 		Name:        "home",
 		Registry:    reg,
-		GroupCommit: stream.GroupCommitBatch, // the default (GroupCommitAuto) does the same
+		GroupCommit: stream.GroupCommitBatch, // fixed; the default is GroupCommitAuto
 	})
 	if err != nil {
 		panic(err)
@@ -54,5 +55,8 @@ func ExampleConfig_groupCommit() {
 	wg.Wait()
 	rev, _ := store.LastRevision(ctx, stream.Aggregate{Type: "switch", ID: "room-7"})
 	fmt.Println("room-7 at version", rev.Version)
-	// Output: room-7 at version 1
+	fmt.Println("mode:", store.GroupCommitMode())
+	// Output:
+	// room-7 at version 1
+	// mode: batch
 }

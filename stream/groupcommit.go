@@ -39,12 +39,13 @@ const (
 	// pipelining is 3-8x faster. Auto starts with batches; while appends
 	// are concurrent it times them for a moment (about 150ms), then times
 	// the other mode, and keeps that one only when its appends were at
-	// least 1.25x faster on average. It checks again after 1s, then 2s,
-	// 4s, ... up to 32s while its choice holds, so that probes cost a small
-	// share of the time and a change (a server reconfigured, a leader
-	// moved) is followed within about half a minute. A lone writer is
-	// never timed: its appends go out alone either way.
-	// Store.GroupCommitMode says what it chose.
+	// least 1.25x faster on average (a probe that cannot win any more
+	// ends early, after a few of its latencies). It checks again after
+	// 1s, then 2s, 4s, ... up to 32s while its choice holds, so that
+	// probes cost a small share of the time and a change (a server
+	// reconfigured, a leader moved) is followed within about half a
+	// minute. A lone writer is never timed: its appends go out alone
+	// either way. Store.GroupCommitMode says what it chose.
 	GroupCommitAuto GroupCommit = iota
 	// GroupCommitBatch coalesces concurrent appends to different aggregates
 	// into atomic batches. An append that arrives when nothing is in flight

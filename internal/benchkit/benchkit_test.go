@@ -118,6 +118,9 @@ func TestWorkloads(t *testing.T) {
 		}},
 		{"append-concurrent", Options{Ops: 24, Rounds: 3, Concurrency: 4}, 24, func(t *testing.T, name string, r Result) {
 			assert.Equal(t, 4, r.Concurrency)
+			// Auto (the default) starts with batches, and 24 appends are
+			// too few for it to time anything.
+			assert.Equal(t, "batch", r.GroupCommit)
 			for _, typ := range []string{rawType, esnatsType} {
 				assert.EqualValues(t, 28, typeCount(t, js, name, typ), typ) // 4 warm-up appends
 			}
@@ -128,7 +131,8 @@ func TestWorkloads(t *testing.T) {
 				assert.EqualValues(t, 1, lastVersion(t, js, name, esnatsType, fmt.Sprintf("g%05d", i)))
 			}
 		}},
-		{"append-async", Options{Ops: 24, Rounds: 3}, 24, func(t *testing.T, name string, r Result) {
+		{"append-async", Options{Ops: 24, Rounds: 3, GroupCommit: stream.GroupCommitPipeline}, 24, func(t *testing.T, name string, r Result) {
+			assert.Equal(t, "pipeline", r.GroupCommit)
 			for _, typ := range []string{rawType, esnatsType} {
 				assert.EqualValues(t, 25, typeCount(t, js, name, typ), typ) // 1 warm-up append
 			}
@@ -355,6 +359,9 @@ func TestResultJSONAndTable(t *testing.T) {
 
 	assert.Equal(t, []string{"append", "append", "100", "80.0", "0.80", "9.00ms", "11.0ms", "12.3ms", "-"}, r.Row())
 	assert.Len(t, r.Row(), len(Columns()))
+	withGC := r
+	withGC.Concurrency, withGC.GroupCommit = 64, "pipeline"
+	assert.Equal(t, "append x64 (pipeline)", withGC.Row()[1])
 	var sb strings.Builder
 	require.NoError(t, WriteTable(&sb, r, r))
 	lines := strings.Split(strings.TrimSuffix(sb.String(), "\n"), "\n")

@@ -24,6 +24,11 @@ type Result struct {
 	Concurrency int `json:"concurrency"`
 	// Replicas is the store's replication factor.
 	Replicas int `json:"replicas"`
+	// GroupCommit is how the store sent concurrent single-event appends at
+	// the end of the run (stream.Store.GroupCommitMode: with the default
+	// mode, auto, what it chose from its measurements), for the workloads
+	// it matters to (append-concurrent, append-async); empty for others.
+	GroupCommit string `json:"group_commit,omitempty"`
 	// Rounds is how many times the sides took turns.
 	Rounds int `json:"rounds"`
 	// Stream is the name of the store's stream (deleted after the run
@@ -82,6 +87,9 @@ func (r Result) Row() []string {
 	unit := r.Unit
 	if r.Concurrency > 1 {
 		unit += " x" + strconv.Itoa(r.Concurrency)
+	}
+	if r.GroupCommit != "" {
+		unit += " (" + r.GroupCommit + ")"
 	}
 	return []string{
 		r.Workload,

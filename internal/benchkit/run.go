@@ -350,6 +350,9 @@ func run(ctx context.Context, e *env, w Workload, o Options) (Result, error) {
 	if w.concurrent {
 		res.Concurrency = o.Concurrency
 	}
+	if w.groupCommit {
+		res.GroupCommit = store.GroupCommitMode().String()
+	}
 	if res.Raw.OpsPerSec > 0 {
 		res.Ratio = res.Esnats.OpsPerSec / res.Raw.OpsPerSec
 	}

@@ -49,7 +49,10 @@ type Workload struct {
 	fixedChunk bool
 	// concurrent: the sides run Options.Concurrency operations at a time.
 	concurrent bool
-	setup      func(ctx context.Context, e *env) (*pair, error)
+	// groupCommit: the esnats side's speed depends on the store's group
+	// commit mode, which the result reports.
+	groupCommit bool
+	setup       func(ctx context.Context, e *env) (*pair, error)
 }
 
 // pair is a workload set up on a store: its two sides and their check.
@@ -117,6 +120,7 @@ func Workloads() []Workload {
 			DefaultOps:    4000,
 			DefaultRounds: 10,
 			concurrent:    true,
+			groupCommit:   true,
 			setup:         setupAppendConcurrent,
 		},
 		{
@@ -128,6 +132,7 @@ func Workloads() []Workload {
 			Esnats:        "stream.Store.AppendAsync of 1 event with ExpectRevision, from one goroutine (up to 1024 in flight; group commit: Options.GroupCommit)",
 			DefaultOps:    4000,
 			DefaultRounds: 10,
+			groupCommit:   true,
 			setup:         setupAppendAsync,
 		},
 		{
