@@ -244,7 +244,11 @@ func startNodes(opts ClusterOptions) (c *Cluster, portTaken bool, err error) {
 					n.Shutdown()
 				}
 			}
-			return nil, portInUse(ports[i]), fmt.Errorf("embedded: cluster %q: start node %d: %w", opts.Name, i, startErr)
+			// The port may already be free again (an outgoing
+			// connection's ephemeral port that closed meanwhile), so the
+			// server's own report counts too.
+			taken := addrInUse(startErr) || portInUse(ports[i])
+			return nil, taken, fmt.Errorf("embedded: cluster %q: start node %d: %w", opts.Name, i, startErr)
 		}
 	}
 	return &Cluster{opts: opts, nodes: nodes}, false, nil
@@ -264,6 +268,12 @@ func freePorts(host string, n int) ([]int, error) {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
+}
+
+// addrInUse reports whether err is a start that failed because a listener
+// could not bind its port (nats-server reports it as text).
+func addrInUse(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "address already in use")
 }
 
 // portInUse reports whether port on DefaultHost cannot be bound now.

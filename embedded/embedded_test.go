@@ -255,3 +255,28 @@ func TestStartPortInUse(t *testing.T) {
 	require.Contains(t, err.Error(), "address already in use")
 	require.Less(t, time.Since(start), 5*time.Second, "fails fast, without waiting for the start timeout")
 }
+
+// Restart waits out a port that someone else holds for a moment (as the
+// ephemeral port of an outgoing connection can), and fails with the
+// server's own error when it stays taken.
+func TestRestartWaitsForPortInUse(t *testing.T) {
+	s := embedded.RunServer(t)
+	addr := strings.TrimPrefix(s.ClientURL(), "nats://")
+	s.Shutdown()
+	l, err := net.Listen("tcp", addr)
+	require.NoError(t, err)
+	released := make(chan struct{})
+	time.AfterFunc(400*time.Millisecond, func() { l.Close(); close(released) })
+	require.NoError(t, s.Restart())
+	<-released
+	require.True(t, s.Running())
+	require.Equal(t, "nats://"+addr, s.ClientURL())
+
+	s.Shutdown()
+	l, err = net.Listen("tcp", addr)
+	require.NoError(t, err)
+	defer l.Close()
+	err = s.Restart()
+	require.ErrorIs(t, err, embedded.ErrNotReady)
+	require.ErrorContains(t, err, "address already in use")
+}

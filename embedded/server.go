@@ -369,11 +369,22 @@ func (s *Server) shutdownLocked() {
 // Restart shuts the server down (if running) and starts it again with the
 // same options, name and store directory, so JetStream data survives, and on
 // the same client port (the one bound by the first start), so connected
-// clients reconnect. It returns the same errors as Start; after an error the
-// server is stopped and Restart may be called again.
+// clients reconnect. A port held by someone else for a moment (the
+// ephemeral port of an outgoing connection can be any free port) is tried
+// again for about a second. It returns the same errors as Start; after an
+// error the server is stopped and Restart may be called again.
 func (s *Server) Restart() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.shutdownLocked()
-	return s.startLocked()
+	for try := 1; ; try++ {
+		err := s.startLocked()
+		if err == nil || try == restartAttempts || !addrInUse(err) {
+			return err
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
+
+// restartAttempts bounds Restart's tries on a port in use.
+const restartAttempts = 5
