@@ -238,9 +238,13 @@ type Consumer struct {
 	batch    BatchHandler
 	stats    stats
 	stopping <-chan struct{} // Run's ctx.Done, for retry waits
-	active   atomic.Bool     // a Run of this value holds the pin and receives
-	tel      *consumerTelemetry
-	lag      lagState
+	// unconfirmed is the last message acknowledged without awaiting the
+	// server's confirmation (see process), nil once a later
+	// acknowledgement was confirmed. Run's goroutine only.
+	unconfirmed jetstream.Msg
+	active      atomic.Bool // a Run of this value holds the pin and receives
+	tel         *consumerTelemetry
+	lag         lagState
 
 	stallEvery time.Duration // tests: how often the watchdog looks (0: stallCheck's default)
 	onPull     func(*pull)   // tests: sees each new subscription
@@ -475,6 +479,15 @@ func (c *Consumer) Run(ctx context.Context) error {
 		}
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
+		// The server handles a consumer's acknowledgements in order: once
+		// this one is confirmed, so are those sent before it, and the reset
+		// below cannot undo them (a clean stop hands no event twice).
+		if m := c.unconfirmed; m != nil {
+			c.unconfirmed = nil
+			if err := ackUpTo(uctx, m); err != nil {
+				c.cfg.Logger.Warn("esnats: consumer's last acknowledgement not confirmed on stop; its events may be handled again", "consumer", c.cfg.Name, "stream", c.store.Name(), "position", lastSeq, "error", err)
+			}
+		}
 		if _, err := c.js.ResetConsumer(uctx, c.store.Name(), c.cfg.Name); err != nil {
 			c.cfg.Logger.Warn("esnats: consumer reset on stop failed; unacknowledged events come back after AckWait", "consumer", c.cfg.Name, "stream", c.store.Name(), "position", lastSeq, "error", err)
 		} else {
@@ -581,17 +594,17 @@ func (c *Consumer) Run(ctx context.Context) error {
 		seen := lastSeq
 		var pending uint64 // the server's count of messages after the last one
 		for _, m := range batch {
-			md, err := m.Metadata()
-			if err != nil || md.Sequence.Consumer != nextDSeq {
+			d, ok := parseDelivery(m.Reply())
+			if !ok || d.consumer != nextDSeq {
 				gap = true
 				break
 			}
 			nextDSeq++
-			pending = md.NumPending
-			if md.Sequence.Stream <= seen {
+			pending = d.pending
+			if d.stream <= seen {
 				continue // also a second copy within this batch
 			}
-			seen = md.Sequence.Stream
+			seen = d.stream
 			fresh = append(fresh, m)
 			seqs = append(seqs, seen)
 		}
@@ -614,7 +627,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		// The batch in hand is finished even if ctx ends meanwhile, but
 		// retry waits end with ctx (see retry).
 		c.stopping = ctx.Done()
-		done, err := c.process(context.WithoutCancel(ctx), fresh, seqs)
+		done, err := c.process(context.WithoutCancel(ctx), fresh, seqs, len(sub.msgs) > 0)
 		if done >= 0 {
 			lastSeq = seqs[done]
 			c.lag.set(pending+uint64(len(fresh)-1-done), lastSeq)
@@ -834,8 +847,12 @@ func (p *pull) stop() {
 
 // process handles a batch and acknowledges what was handled (or parked). It
 // returns the index of the last message finished. seqs[i] is msgs[i]'s
-// stream sequence.
-func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg, seqs []uint64) (done int, err error) {
+// stream sequence. more says that further deliveries are already waiting:
+// then a handled batch's acknowledgement is sent without awaiting the
+// server's confirmation, the next batch's covering it (AckAll) if it is
+// lost; the last batch before the consumer waits is confirmed, so that its
+// position is exact once it has caught up.
+func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg, seqs []uint64, more bool) (done int, err error) {
 	start := time.Now()
 	ctx, span := c.tel.startBatch(ctx, msgs)
 	defer func() {
@@ -896,6 +913,11 @@ func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg, seqs []uin
 		return lastDone, err
 	}
 	lastDone = len(msgs) - 1
+	if more && c.ackAsync(msgs[lastDone]) == nil {
+		c.unconfirmed = msgs[lastDone]
+		return lastDone, nil
+	}
+	c.unconfirmed = nil
 	if err := flush(); err != nil {
 		// The batch is applied: a lost acknowledgement only means the next
 		// batch's acknowledgement covers it, or that it is delivered again
@@ -1076,6 +1098,15 @@ func (c *Consumer) fail(ctx context.Context, m jetstream.Msg, seq uint64, attemp
 		"attempts", attempts, "dead_letter", c.cfg.DeadLetter, "reason", cause.Error())
 	return nil
 }
+
+// ackAsync sends m's acknowledgement (AckAll: up to m) without awaiting the
+// server's confirmation. It publishes what jetstream.Msg.Ack would, but
+// leaves m unmarked, so that ackUpTo can still confirm it later.
+func (c *Consumer) ackAsync(m jetstream.Msg) error {
+	return c.js.Conn().Publish(m.Reply(), ackBody)
+}
+
+var ackBody = []byte("+ACK")
 
 // ackUpTo acknowledges m and, with the AckAll policy, everything before it;
 // synchronously, so that a clean stop never leaves handled events to be

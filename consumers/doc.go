@@ -38,12 +38,15 @@
 // Events are delivered at least once, in stream order (so in order within
 // every aggregate). Run takes up to Config.BatchSize events that have
 // arrived, hands them to the handlers in order, then acknowledges the batch
-// with one acknowledgement of its last event (the AckAll policy), and waits
-// for the server to confirm it. So a clean stop (ctx ending: Run finishes
-// and acknowledges the batch in hand, then returns nil) delivers no handled
-// event again, and a crash delivers again at most the batches handled and
-// not yet acknowledged. Handlers must therefore be idempotent, or keep a
-// checkpoint of their own and skip what is at or below it, as the
+// with one acknowledgement of its last event (the AckAll policy). While
+// more events are already waiting (catching up), it goes on without
+// awaiting the server's confirmation, the next batch's acknowledgement
+// covering a lost one; the last batch before it waits, and the last one
+// before a stop, it confirms. So a clean stop (ctx ending: Run finishes and
+// acknowledges the batch in hand, confirmed, then returns nil) delivers no
+// handled event again, and a crash delivers again at most the batches
+// handled and not yet acknowledged. Handlers must therefore be idempotent,
+// or keep a checkpoint of their own and skip what is at or below it, as the
 // exactly-once read models of package projections do.
 //
 // # Failures and the dead-letter stream

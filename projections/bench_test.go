@@ -17,6 +17,10 @@ package projections_test
 //
 //   - raw: AckAll, no decoding, acknowledges every 100th message (and the
 //     last, synchronously); filter: the stream's subjects ("shop.>").
+//   - raw-pinned: raw on a pinned-client priority group, as esnats'
+//     consumers are (ack-floor mode): the server then adds the pin id to
+//     every delivery, which costs by itself; esnats/raw-pinned is what
+//     esnats adds on top of that.
 //   - raw-ack1: raw with AckExplicit, acknowledging every message
 //     (consumer mode).
 //   - raw-filter: raw with esnats' filter, SubjectFilter("") = "shop.*.*"
@@ -222,6 +226,10 @@ type rawOpts struct {
 	// as esnats' consumers do, rather than on the stream's own subjects
 	// ("shop.>").
 	esnatsFilter bool
+	// pinned makes the consumer a pinned-client priority group, as
+	// esnats' consumers are (one active process, fail-over): the server
+	// then adds the pin id to every delivery's headers.
+	pinned bool
 }
 
 // raw consumes every event through a new durable pull consumer: AckAll and
@@ -244,7 +252,7 @@ func (f *catchUp) raw(b *testing.B, o rawOpts, handle func(m jetstream.Msg, flus
 		filter = f.st.SubjectFilter("")
 	}
 	start := time.Now()
-	cons, err := f.js.CreateConsumer(ctx, f.st.Name(), jetstream.ConsumerConfig{
+	cfg := jetstream.ConsumerConfig{
 		Durable:       name,
 		AckPolicy:     policy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
@@ -252,7 +260,15 @@ func (f *catchUp) raw(b *testing.B, o rawOpts, handle func(m jetstream.Msg, flus
 		AckWait:       consumers.DefaultAckWait,
 		MaxDeliver:    -1,
 		MaxAckPending: 1000,
-	})
+	}
+	pull := []jetstream.PullConsumeOpt{jetstream.PullMaxMessages(2 * consumers.DefaultBatchSize), jetstream.PullExpiry(consumers.DefaultPinnedTTL / 2)}
+	if o.pinned {
+		cfg.PriorityPolicy = jetstream.PriorityPolicyPinned
+		cfg.PriorityGroups = []string{"raw"}
+		cfg.PinnedTTL = consumers.DefaultPinnedTTL
+		pull = append(pull, jetstream.PullPriorityGroup("raw"))
+	}
+	cons, err := f.js.CreateConsumer(ctx, f.st.Name(), cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -278,7 +294,7 @@ func (f *catchUp) raw(b *testing.B, o rawOpts, handle func(m jetstream.Msg, flus
 		case o.ackEach || flush:
 			_ = m.Ack()
 		}
-	}, jetstream.PullMaxMessages(2*consumers.DefaultBatchSize), jetstream.PullExpiry(consumers.DefaultPinnedTTL/2))
+	}, pull...)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -480,8 +496,11 @@ func BenchmarkCatchUp(b *testing.B) {
 			}
 			return d
 		}
-		k := catchUpKinds{names: []string{"raw", "esnats"}}
-		k.loop(b, 0, raw, esnats)
+		// raw-pinned: what the server's pinned-client delivery costs by
+		// itself, the part of the gap to raw that is not esnats' own.
+		rawPinned := func() time.Duration { return f.raw(b, rawOpts{pinned: true}, nil) }
+		k := catchUpKinds{names: []string{"raw", "raw-pinned", "esnats"}}
+		k.loop(b, 0, raw, rawPinned, esnats)
 		k.report(b, f)
 	})
 

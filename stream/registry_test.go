@@ -574,3 +574,23 @@ func BenchmarkRegistryEncode(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkDecodeEvent decodes a whole event message (subject, headers as a
+// consumer receives them, payload), beside the registry's decode of the
+// payload alone.
+func BenchmarkDecodeEvent(b *testing.B) {
+	reg := newRegTestRegistry(b)
+	subj := subjects{prefix: "shop"}
+	enc, err := encodeEvent(reg, subj, Aggregate{Type: "cart", ID: "c-1"}, "c-1", 7,
+		EventData{Data: regTestItemAdded{SKU: "sku-12345", Quantity: 3}},
+		&eventMeta{correlationID: "corr-1"}, 0)
+	require.NoError(b, err)
+	enc.msg.Header.Set("Nats-Expected-Last-Subject-Sequence", "6")
+	m := rawMessage{Subject: enc.msg.Subject, Sequence: 42, Header: enc.msg.Header, Data: enc.msg.Data}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := decodeEvent(reg, subj, m); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

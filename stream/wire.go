@@ -272,38 +272,77 @@ type envelope struct {
 	contentType string    // "" if absent
 }
 
+// headerFields holds the first value of each header an event message may
+// carry, taken in one pass over the header map: a consumer decodes every
+// event, and one iteration costs less than a lookup per header name plus an
+// iteration for the metadata.
+type headerFields struct {
+	typ, version, schema, time, contentType   string
+	id, correlation, causation, parent, state string
+	metadata                                  bool // some Esnats-Meta- header is present
+}
+
+func scanHeader(h nats.Header) (f headerFields) {
+	for k, v := range h {
+		if len(v) == 0 {
+			continue
+		}
+		switch k {
+		case HeaderEventType:
+			f.typ = v[0]
+		case HeaderVersion:
+			f.version = v[0]
+		case HeaderSchema:
+			f.schema = v[0]
+		case HeaderTime:
+			f.time = v[0]
+		case HeaderContentType:
+			f.contentType = v[0]
+		case HeaderEventID:
+			f.id = v[0]
+		case HeaderCorrelationID:
+			f.correlation = v[0]
+		case HeaderCausationID:
+			f.causation = v[0]
+		case HeaderTraceParent:
+			f.parent = v[0]
+		case HeaderTraceState:
+			f.state = v[0]
+		default:
+			if strings.HasPrefix(k, HeaderMetaPrefix) {
+				f.metadata = true
+			}
+		}
+	}
+	return f
+}
+
 // parseEnvelope checks an event message's subject and headers (everything
 // but its payload and whether its type is registered). The error wraps
 // ErrDecode.
-func parseEnvelope(subj subjects, subject string, h nats.Header) (envelope, error) {
-	get := func(k string) string {
-		if v := h[k]; len(v) > 0 {
-			return v[0]
-		}
-		return ""
-	}
+func parseEnvelope(subj subjects, subject string, f *headerFields) (envelope, error) {
 	agg, err := subj.parse(subject)
 	if err != nil {
 		return envelope{}, fmt.Errorf("%w: %s", ErrDecode, errText(err))
 	}
-	env := envelope{agg: agg, typ: get(HeaderEventType), schema: 1, contentType: get(HeaderContentType)}
+	env := envelope{agg: agg, typ: f.typ, schema: 1, contentType: f.contentType}
 	if env.typ == "" {
 		return envelope{}, fmt.Errorf("%w: missing %s header (not written by esnats?)", ErrDecode, HeaderEventType)
 	}
 	if err := ValidateName("event type", env.typ); err != nil {
 		return envelope{}, fmt.Errorf("%w: invalid %s header: %s", ErrDecode, HeaderEventType, errText(err))
 	}
-	env.version, err = strconv.ParseUint(get(HeaderVersion), 10, 64)
+	env.version, err = strconv.ParseUint(f.version, 10, 64)
 	if err != nil || env.version == 0 {
-		return envelope{}, fmt.Errorf("%w: missing or invalid %s header %q", ErrDecode, HeaderVersion, get(HeaderVersion))
+		return envelope{}, fmt.Errorf("%w: missing or invalid %s header %q", ErrDecode, HeaderVersion, f.version)
 	}
-	if s := get(HeaderSchema); s != "" {
+	if s := f.schema; s != "" {
 		env.schema, err = strconv.Atoi(s)
 		if err != nil || env.schema < 1 {
 			return envelope{}, fmt.Errorf("%w: invalid %s header %q", ErrDecode, HeaderSchema, s)
 		}
 	}
-	if s := get(HeaderTime); s != "" {
+	if s := f.time; s != "" {
 		env.time, err = time.Parse(time.RFC3339Nano, s)
 		if err != nil {
 			return envelope{}, fmt.Errorf("%w: invalid %s header %q", ErrDecode, HeaderTime, s)
@@ -330,7 +369,8 @@ func parseEnvelope(subj subjects, subject string, h nats.Header) (envelope, erro
 // returns). Tools without the registry, such as the esnats command, use it
 // to tell why a message is not an event while still showing its payload.
 func CheckEvent(prefix, subject string, sequence uint64, header nats.Header) error {
-	if _, err := parseEnvelope(subjects{prefix: prefix}, subject, header); err != nil {
+	f := scanHeader(header)
+	if _, err := parseEnvelope(subjects{prefix: prefix}, subject, &f); err != nil {
 		return &Error{Op: "decode", Subject: subject, Sequence: sequence, Err: err}
 	}
 	return nil
@@ -351,44 +391,39 @@ func decodeEvent(reg *Registry, subj subjects, m rawMessage) (*Event, error) {
 	fail := func(err error) (*Event, error) {
 		return nil, &Error{Op: "decode", Subject: m.Subject, Sequence: m.Sequence, Err: err}
 	}
-	env, err := parseEnvelope(subj, m.Subject, m.Header)
+	f := scanHeader(m.Header)
+	env, err := parseEnvelope(subj, m.Subject, &f)
 	if err != nil {
 		return fail(err)
 	}
-	h := m.Header
-	get := func(k string) string {
-		if v := h[k]; len(v) > 0 {
-			return v[0]
-		}
-		return ""
-	}
-	agg, typ, version, schema, ts, ct := env.agg, env.typ, env.version, env.schema, env.time, env.contentType
-	data, err := reg.Decode(typ, schema, ct, m.Data)
+	data, err := reg.Decode(env.typ, env.schema, env.contentType, m.Data)
 	if err != nil {
 		return fail(err)
 	}
 	ev := &Event{
-		ID:            get(HeaderEventID),
-		Type:          typ,
-		Aggregate:     agg,
-		Version:       version,
+		ID:            f.id,
+		Type:          env.typ,
+		Aggregate:     env.agg,
+		Version:       env.version,
 		Sequence:      m.Sequence,
 		Subject:       m.Subject,
-		Time:          ts,
-		SchemaVersion: schema,
-		ContentType:   ct,
-		CorrelationID: get(HeaderCorrelationID),
-		CausationID:   get(HeaderCausationID),
-		TraceParent:   get(HeaderTraceParent),
-		TraceState:    get(HeaderTraceState),
+		Time:          env.time,
+		SchemaVersion: env.schema,
+		ContentType:   env.contentType,
+		CorrelationID: f.correlation,
+		CausationID:   f.causation,
+		TraceParent:   f.parent,
+		TraceState:    f.state,
 		Data:          data,
 	}
-	for k, v := range h {
-		if name, ok := strings.CutPrefix(k, HeaderMetaPrefix); ok && len(v) > 0 {
-			if ev.Metadata == nil {
-				ev.Metadata = make(map[string]string)
+	if f.metadata {
+		for k, v := range m.Header {
+			if name, ok := strings.CutPrefix(k, HeaderMetaPrefix); ok && len(v) > 0 {
+				if ev.Metadata == nil {
+					ev.Metadata = make(map[string]string)
+				}
+				ev.Metadata[name] = v[0]
 			}
-			ev.Metadata[name] = v[0]
 		}
 	}
 	return ev, nil
