@@ -40,8 +40,9 @@ func TestRunnerSurvivesStreamLeaderLoss(t *testing.T) {
 	ctx := context.Background()
 	reconnect := []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(50 * time.Millisecond)}
 	// The writer's connection. An append in flight when the leader stops
-	// gets no answer and is resent after the JetStream timeout (default
-	// 5s): 2s keeps the test short.
+	// may get no answer: it is resent when the new leader is announced,
+	// or else after the JetStream timeout (default 5s): 2s keeps the test
+	// short.
 	wjs, err := jetstream.New(embedded.MustConnect(t, c, reconnect...), jetstream.WithDefaultTimeout(2*time.Second))
 	require.NoError(t, err)
 	cfg := stream.Config{Name: "shop", Registry: runnerRegistry(), Replicas: 3}

@@ -292,6 +292,11 @@ func classify(err error) errClass {
 			return classNoStream
 		case 10163, 10210, 10211: // check temporarily unavailable, too many in flight
 			return classUnavailable
+		case codeBatchIncomplete:
+			// Some of the batch's messages did not reach the stream (a
+			// gap, as when its leader's interest had not reached every
+			// server yet): the server dropped the whole batch.
+			return classUnavailable
 		case codeDuplicateInProcess:
 			// An earlier send of ours with the same id is still being
 			// replicated: it may yet land. Resend later and settle.
@@ -305,7 +310,7 @@ func classify(err error) errClass {
 	switch {
 	case errors.Is(err, nats.ErrMaxPayload):
 		return classTooLarge
-	case errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrNoResponders):
+	case noResponders(err):
 		return classUnavailable
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled),
 		errors.Is(err, nats.ErrTimeout), errors.Is(err, nats.ErrConnectionClosed),
@@ -329,6 +334,8 @@ func (s *Store) send(ctx context.Context, ps []*prepared, o appendOptions, uncer
 	first := msgs[0].Subject
 	var lastErr error
 	pctx := ctx
+	start := time.Now()
+	var look *streamLookup // the stream looked up after no responders
 	for attempt := 1; ; attempt++ {
 		if !uncertain && ctx.Err() != nil {
 			return nil, &Error{Op: "append", Subject: first, Err: ctx.Err()} // nothing in flight
@@ -342,6 +349,7 @@ func (s *Store) send(ctx context.Context, ps []*prepared, o appendOptions, uncer
 		}
 		// Each attempt waits at most the JetStream default timeout, so a
 		// lost answer leaves time to resend within the caller's deadline.
+		elected := s.leader.next() // a new leader ends the backoff below
 		actx, cancel := context.WithTimeout(pctx, s.js.Options().DefaultTimeout)
 		firstSeq, dup, err := s.publish(actx, cancel, msgs)
 		cancel()
@@ -386,16 +394,36 @@ func (s *Store) send(ctx context.Context, ps []*prepared, o appendOptions, uncer
 		case classAmbiguous:
 			uncertain = true
 		case classUnavailable:
-			// Not received by the stream: resending is safe.
+			// Not received by the stream: resending is safe. No
+			// responders means that nothing listened on the subject:
+			// either the stream is gone (or no longer covers the
+			// subject), which a look at it tells, or it is between
+			// leaders, which the resends below ride out. The look runs
+			// beside the resends, which it must not delay.
+			if look == nil && noResponders(err) {
+				look = s.lookUp(pctx, first)
+			}
 		default:
 			return nil, &Error{Op: "append", Subject: first, Err: err}
 		}
-		if attempt >= o.maxAttempts {
+		if look != nil {
+			select {
+			case <-look.done:
+				if look.missing {
+					return nil, s.noStream(first, lastErr)
+				}
+				if !look.known {
+					look = nil // no answer: look again at the next no responders
+				}
+			default:
+			}
+		}
+		if attempt >= o.maxAttempts && !(classify(err) == classUnavailable && time.Since(start) < s.unavailableFor(o)) {
 			break
 		}
-		if err := backoff(pctx, attempt); err != nil {
+		if err := backoffUntil(pctx, attempt, elected); err != nil {
 			if !uncertain {
-				return nil, &Error{Op: "append", Subject: first, Err: err}
+				return nil, &Error{Op: "append", Subject: first, Err: fmt.Errorf("%w after %d attempts; the last: %v", err, attempt, bare(lastErr))}
 			}
 			if pctx != ctx {
 				break // settle time used up
@@ -403,7 +431,7 @@ func (s *Store) send(ctx context.Context, ps []*prepared, o appendOptions, uncer
 		}
 	}
 	if classify(lastErr) == classUnavailable {
-		if _, err := s.js.Stream(context.WithoutCancel(ctx), s.cfg.Name); errors.Is(err, jetstream.ErrStreamNotFound) {
+		if missing, _ := s.notListening(context.WithoutCancel(ctx), first); missing {
 			return nil, s.noStream(first, lastErr)
 		}
 	}
@@ -421,6 +449,11 @@ func (s *Store) send(ctx context.Context, ps []*prepared, o appendOptions, uncer
 }
 
 const codeBatchDuplicateID = 10201
+
+// codeBatchIncomplete: "atomic publish batch is incomplete". The server
+// abandoned the batch (a message missing, the batch timed out): nothing of
+// it was stored.
+const codeBatchIncomplete = 10176
 
 // codeDuplicateInProcess: "duplicate message id is in process" (nats-server
 // 2.12+): a message with the same Nats-Msg-Id is proposed and not yet
@@ -462,6 +495,60 @@ func (s *Store) findLanded(ctx context.Context, ps []*prepared) ([]AppendResult,
 	return nil, &Error{Op: "append", Subject: p.filter, Err: fmt.Errorf("%w: the server reports event id %q as already stored, but it was not found on this aggregate's recent events (another aggregate may hold it)", ErrIndeterminate, p.ids[0])}
 }
 
+// unavailableFor is how long an append keeps resending while the stream
+// cannot take it (no leader, no responders): as long as o.maxAttempts
+// attempts whose answers never come would take. A stream leader lost with its
+// server is replaced by an election that takes seconds, far longer than
+// o.maxAttempts quick refusals.
+func (s *Store) unavailableFor(o appendOptions) time.Duration {
+	return time.Duration(o.maxAttempts) * s.js.Options().DefaultTimeout
+}
+
+func noResponders(err error) bool {
+	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse)
+}
+
+// streamLookup is notListening's answer, once done is closed.
+type streamLookup struct {
+	done           chan struct{}
+	missing, known bool
+}
+
+// lookUp runs notListening on its own goroutine.
+func (s *Store) lookUp(ctx context.Context, subject string) *streamLookup {
+	l := &streamLookup{done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		l.missing, l.known = s.notListening(ctx, subject)
+	}()
+	return l
+}
+
+// notListening reports whether the store's stream is missing or no longer
+// covers subject. known is false when the lookup got no answer: while the
+// stream or the cluster's meta layer elects a leader, stream info goes
+// unanswered, so the lookup waits at most lookupTimeout and the resends go on.
+func (s *Store) notListening(ctx context.Context, subject string) (missing, known bool) {
+	ctx, cancel := context.WithTimeout(ctx, min(lookupTimeout, s.js.Options().DefaultTimeout))
+	defer cancel()
+	st, err := s.js.Stream(ctx, s.cfg.Name)
+	if err != nil {
+		if isStreamNotFound(err) {
+			return true, true
+		}
+		return false, false
+	}
+	for _, f := range st.CachedInfo().Config.Subjects {
+		if subjectMatches(subject, f) {
+			return false, true
+		}
+	}
+	return true, true
+}
+
+// lookupTimeout bounds notListening's stream lookup.
+const lookupTimeout = 500 * time.Millisecond
+
 func (s *Store) noStream(subject string, err error) error {
 	return &Error{Op: "append", Subject: subject, Err: fmt.Errorf("%w: stream %q does not exist or does not listen on this subject (create the store with NewStore): %v", ErrNotFound, s.cfg.Name, bare(err))}
 }
@@ -498,6 +585,10 @@ func (s *Store) publish(ctx context.Context, cancel context.CancelFunc, msgs []*
 			}
 			return 0, false, &replyDenied{v: v, err: err}
 		}
+		if d.leaderMoved() {
+			// Cancelled: classified as a lost answer, resent at once.
+			err = fmt.Errorf("the stream's leader changed while the answer was awaited: %w", err)
+		}
 	}
 	return seq, dup, err
 }
@@ -508,14 +599,16 @@ func (s *Store) publishMsgs(ctx context.Context, msgs []*nats.Msg) (uint64, bool
 		// that batch's headers, which would make it a batch of its own.
 		// Only a message that has them is written to: a resend of a
 		// plain message must not write to a header nats.go may still be
-		// reading (its own retry of a publish that met no responders).
+		// reading (an earlier asynchronous publish of it, still pending).
 		h := msgs[0].Header
 		if _, ok := h[jetstreamext.BatchIDHeader]; ok {
 			delete(h, jetstreamext.BatchIDHeader)
 			delete(h, jetstreamext.BatchSeqHeader)
 			delete(h, jetstreamext.BatchCommitHeader)
 		}
-		ack, err := s.js.PublishMsg(ctx, msgs[0])
+		// No retries of nats.go's own on no responders: send resends,
+		// and wakes up for a new leader (see leaderwatch.go).
+		ack, err := s.js.PublishMsg(ctx, msgs[0], jetstream.WithRetryAttempts(0))
 		if err != nil {
 			return 0, false, err
 		}
@@ -610,6 +703,12 @@ func results(ps []*prepared, firstSeq uint64, dup bool) []AppendResult {
 
 // backoff waits before attempt+1: 20ms doubling to 1s, with full jitter.
 func backoff(ctx context.Context, attempt int) error {
+	return backoffUntil(ctx, attempt, nil)
+}
+
+// backoffUntil is backoff, cut short when wake is closed (a new stream
+// leader: the stream can take a resend now).
+func backoffUntil(ctx context.Context, attempt int, wake <-chan struct{}) error {
 	d := 20 * time.Millisecond << min(attempt-1, 6)
 	d = min(d, time.Second)
 	d = d/2 + rand.N(d/2+1)
@@ -619,6 +718,8 @@ func backoff(ctx context.Context, attempt int) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-t.C:
+		return nil
+	case <-wake:
 		return nil
 	}
 }

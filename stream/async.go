@@ -129,6 +129,10 @@ func (a *asyncAppender) collector(s *Store) {
 			go s.settlePipelined(f, true)
 		case <-timer.C:
 			go s.settlePipelined(f, true) // a lost answer, or a slow one
+		case <-f.elected:
+			// Unanswered when the stream's leader changed: the answer
+			// may never come (see leaderwatch.go).
+			go s.settlePipelined(f, true)
 		}
 		if !timer.Stop() {
 			select {
@@ -263,6 +267,7 @@ type inFlight struct {
 	op       appendOp
 	fut      jetstream.PubAckFuture
 	deadline time.Time
+	elected  <-chan struct{} // closed at the first leader election after it was sent
 }
 
 // appendPipelined publishes one event with PublishMsgAsync and leaves its
@@ -293,7 +298,11 @@ func (s *Store) appendPipelined(ctx context.Context, agg Aggregate, expect Expec
 		s.async.finish(f, nil, &Error{Op: "append", Subject: ps[0].filter, Err: err})
 		return p
 	}
-	f.fut, err = pub.PublishMsgAsync(ps[0].enc[0])
+	f.elected = s.leader.next()
+	// A publish that meets no responders fails at once (no retries of
+	// nats.go's own, 2 x 250ms): settlePipelined resends it, woken up by
+	// a new leader.
+	f.fut, err = pub.PublishMsgAsync(ps[0].enc[0], jetstream.WithRetryAttempts(0))
 	if err != nil {
 		// Perhaps written to the connection: settle it with the same id.
 		go s.settlePipelined(f, true)

@@ -163,7 +163,12 @@ func jetStreamHarnessWith(js jetstream.JetStream, replicas int, gc stream.GroupC
 					t.Helper()
 					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 					defer cancel()
-					ack, err := js.PublishMsg(ctx, &nats.Msg{Subject: subject, Header: header, Data: data})
+					// A replicated stream created a moment ago may not
+					// have a leader listening yet: nothing is stored on
+					// "no responders", so resending is safe. The store
+					// does the same (TestStoreAppendRidesOutNoResponders).
+					ack, err := js.PublishMsg(ctx, &nats.Msg{Subject: subject, Header: header, Data: data},
+						jetstream.WithRetryAttempts(40), jetstream.WithRetryWait(250*time.Millisecond))
 					require.NoError(t, err, "publish to %s", subject)
 					return ack.Sequence
 				},

@@ -40,6 +40,7 @@ type deniedWatch struct {
 	w     natserr.Watch
 	timer *time.Timer
 	found atomic.Pointer[natserr.Violation]
+	moved atomic.Bool // the stream's leader changed during the request: cancelled
 }
 
 // watchDenied starts watching s's connection for a violation refusing a
@@ -54,6 +55,9 @@ func (s *Store) watchDenied(ctx context.Context, cancel context.CancelFunc, msgs
 // only once the first check is due).
 func (s *Store) watchSubjects(ctx context.Context, cancel context.CancelFunc, subjectsOf func() []string) *deniedWatch {
 	d := &deniedWatch{w: natserr.NewWatch(s.nc)}
+	// The same poller ends a request still waiting when the stream's
+	// leader changes (see leaderwatch.go): its answer may never come.
+	elected := s.leader.next()
 	d.timer = time.AfterFunc(deniedFirstCheck, func() {
 		subjects := subjectsOf()
 		tick := time.NewTicker(deniedInterval)
@@ -67,6 +71,10 @@ func (s *Store) watchSubjects(ctx context.Context, cancel context.CancelFunc, su
 			select {
 			case <-ctx.Done():
 				return
+			case <-elected:
+				d.moved.Store(true)
+				cancel()
+				return
 			case <-tick.C:
 			}
 		}
@@ -76,6 +84,10 @@ func (s *Store) watchSubjects(ctx context.Context, cancel context.CancelFunc, su
 
 // stop stops the watch (a poll under way ends with the request's context).
 func (d *deniedWatch) stop() { d.timer.Stop() }
+
+// leaderMoved reports whether the watch cancelled the request because the
+// stream's leader changed while it waited.
+func (d *deniedWatch) leaderMoved() bool { return d.moved.Load() }
 
 // denied returns the violation that refused the request, if there was one:
 // a publish to one of msgs' subjects, or a subscription to a reply inbox

@@ -3,6 +3,7 @@ package stream
 import (
 	"context"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,12 +20,11 @@ type deniedEvent struct {
 	N int `json:"n"`
 }
 
-// A connection that may publish to the store but not subscribe to its own
-// reply inbox: the append lands, its acknowledgement is dropped. That is no
-// refusal of the append: it stays an unknown outcome (ErrIndeterminate),
-// and the error says why no acknowledgement came.
-func TestAppendReplySubscriptionDenied(t *testing.T) {
-	t.Parallel()
+// inboxOnlyServer runs a server whose user "app" (password "app") may
+// publish anywhere and subscribe only under _INBOX_ok, and returns it with a
+// registry of deniedEvent.
+func inboxOnlyServer(t *testing.T) (*embedded.Server, *Registry) {
+	t.Helper()
 	srv := embedded.RunServer(t, func(o *embedded.Options) {
 		o.Configure = func(so *server.Options) {
 			so.Users = []*server.User{{Username: "app", Password: "app", Permissions: &server.Permissions{
@@ -35,6 +35,16 @@ func TestAppendReplySubscriptionDenied(t *testing.T) {
 	})
 	reg := NewRegistry()
 	MustRegister[deniedEvent](reg, "Denied")
+	return srv, reg
+}
+
+// A connection that may publish to the store but not subscribe to its own
+// reply inbox: the append lands, its acknowledgement is dropped. That is no
+// refusal of the append: it stays an unknown outcome (ErrIndeterminate),
+// and the error says why no acknowledgement came.
+func TestAppendReplySubscriptionDenied(t *testing.T) {
+	t.Parallel()
+	srv, reg := inboxOnlyServer(t)
 	ctx := context.Background()
 	_, okJS := embedded.MustJetStream(t, srv, nats.UserInfo("app", "app"), nats.CustomInboxPrefix("_INBOX_ok"))
 	good, err := NewStore(ctx, okJS, Config{Name: "carts", Registry: reg, GroupCommit: GroupCommitOff})
@@ -91,4 +101,42 @@ func BenchmarkWatchDenied(b *testing.B) {
 			cancel()
 		}
 	})
+}
+
+// A user who may not subscribe to the leader-elected advisory: the server
+// refuses the leader watch's subscription, the connection is told once,
+// and the store works as without the watch (the refusal is not taken for
+// one of its own requests).
+func TestLeaderWatchSubscriptionDenied(t *testing.T) {
+	t.Parallel()
+	srv, reg := inboxOnlyServer(t)
+	ctx := context.Background()
+	var violations atomic.Int32
+	nc, js := embedded.MustJetStream(t, srv, nats.UserInfo("app", "app"), nats.CustomInboxPrefix("_INBOX_ok"),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if strings.Contains(err.Error(), leaderElectedPrefix) {
+				violations.Add(1)
+			}
+		}))
+	st, err := NewStore(ctx, js, Config{Name: "carts", Registry: reg})
+	require.NoError(t, err)
+	st.leader = followLeader(nc, "carts") // as a store of a replicated stream would
+	require.NotNil(t, st.leader, "nats.go subscribes; the server refuses asynchronously")
+	require.Eventually(t, func() bool { return violations.Load() == 1 }, 5*time.Second, 5*time.Millisecond)
+
+	agg := Aggregate{Type: "cart", ID: "a"}
+	res, err := st.Append(ctx, agg, ExpectNone(), []EventData{{Data: deniedEvent{N: 1}}, {Data: deniedEvent{N: 2}}})
+	require.NoError(t, err)
+	_, err = st.Append(ctx, agg, ExpectRevision(res.Last), []EventData{{Data: deniedEvent{N: 3}}})
+	require.NoError(t, err)
+	rev, err := st.LastRevision(ctx, agg)
+	require.NoError(t, err)
+	require.Equal(t, uint64(3), rev.Version)
+	n := 0
+	for _, err := range st.Load(ctx, agg) {
+		require.NoError(t, err)
+		n++
+	}
+	require.Equal(t, 3, n)
+	require.Equal(t, int32(1), violations.Load(), "told once")
 }

@@ -32,9 +32,14 @@ func WithMetadata(md map[string]string) AppendOption {
 }
 
 // WithMaxAttempts bounds how many times an append is sent when the server
-// does not answer (timeouts, lost connections, no stream leader) and, with
-// ExpectAny, when a concurrent writer gets in first. Default 5. Every resend
-// carries the same event ids, so nothing is stored twice.
+// does not answer (timeouts, lost connections) and, with ExpectAny, when a
+// concurrent writer gets in first. Default 5. While the stream cannot take
+// the append at all (no responders or 503 while its leader is elected) the
+// append keeps resending, with backoff, for as long as n unanswered attempts
+// would take (n times the JetStream timeout, 25s by default) or until its
+// context ends. A stream that is missing, or no longer covers the aggregate's
+// subject, fails at once with ErrNotFound. Every resend carries the same
+// event ids, so nothing is stored twice.
 func WithMaxAttempts(n int) AppendOption {
 	return func(o *appendOptions) {
 		if n > 0 {

@@ -178,7 +178,11 @@ func (c Config) StreamConfig() jetstream.StreamConfig {
 // atomic batches (group commit, Config.GroupCommit). It holds no connection
 // of its own (the caller owns the jetstream.JetStream and its connection)
 // and runs no goroutine of its own when no append is in flight, so there is
-// nothing to close: drop it when done.
+// nothing to close: drop it when done. A store of a replicated stream
+// subscribes, on that connection, to the stream's leader-elected advisory
+// (one subscription per connection and stream, shared by its stores, ended
+// with the connection): a request dropped during a leader change is then
+// resent at once instead of after the JetStream timeout.
 type Store struct {
 	js        jetstream.JetStream
 	nc        *nats.Conn
@@ -190,6 +194,7 @@ type Store struct {
 	gc        *committer // nil: GroupCommitOff
 	async     *asyncAppender
 	tel       *telemetry.Store
+	leader    *leaderEpoch // the stream's leader elections; nil: not followed
 }
 
 var _ EventStore = (*Store)(nil)
@@ -231,6 +236,7 @@ func openStore(ctx context.Context, js jetstream.JetStream, cfg Config, create b
 	// is retried (see jsapi.Retry) instead of holding the caller until ctx ends.
 	attempt := js.Options().DefaultTimeout
 	var st jetstream.Stream
+	replicas := want.Replicas
 	err := jsapi.Retry(ctx, attempt, func(ctx context.Context) (err error) {
 		st, err = js.Stream(ctx, cfg.Name)
 		return err
@@ -266,6 +272,7 @@ func openStore(ctx context.Context, js jetstream.JetStream, cfg Config, create b
 		return nil, setupErr(fmt.Errorf("looking up stream: %w", err))
 	default:
 		have := st.CachedInfo().Config
+		replicas = max(replicas, have.Replicas)
 		if err := compatible(have, want); err != nil {
 			return nil, setupErr(err)
 		}
@@ -300,6 +307,9 @@ func openStore(ctx context.Context, js jetstream.JetStream, cfg Config, create b
 		inbox:     inboxPrefix(js.Conn()),
 		async:     newAsyncAppender(cfg.MaxPendingAppends),
 		tel:       telemetry.NewStore(cfg.Name, cfg.TracerProvider, cfg.MeterProvider, func(err error) bool { return errors.Is(err, ErrConflict) }),
+	}
+	if replicas > 1 && store.apiPrefix == "$JS.API." {
+		store.leader = followLeader(store.nc, cfg.Name)
 	}
 	if cfg.GroupCommit != GroupCommitOff {
 		store.gc = newCommitter(store, cfg.GroupCommit)

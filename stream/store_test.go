@@ -5,7 +5,9 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -404,4 +406,158 @@ func TestStorePurgeOneAggregate(t *testing.T) {
 	assert.True(t, rev.IsZero())
 	assert.Len(t, loadAll(t, st, kept), 2)
 	require.ErrorIs(t, st.Purge(ctx, stream.Aggregate{Type: "cart", ID: ""}), stream.ErrInvalidID)
+}
+
+// unlistened is a JetStream whose publishes meet no responders until a
+// time, as while an R3 stream elects a new leader: nothing is stored.
+type unlistened struct {
+	jetstream.JetStream
+	until time.Time
+	sent  atomic.Int64
+}
+
+func (u *unlistened) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	u.sent.Add(1)
+	if time.Now().Before(u.until) {
+		return nil, jetstream.ErrNoStreamResponse
+	}
+	return u.JetStream.PublishMsg(ctx, m, opts...)
+}
+
+// An append whose stream has no leader for longer than five quick resends
+// take keeps resending until the stream takes it, within the time its
+// attempts would take to time out; a context that ends first ends it with
+// an error that names both.
+func TestStoreAppendRidesOutNoResponders(t *testing.T) {
+	srv := embedded.RunServer(t)
+	_, js := embedded.MustJetStream(t, srv)
+	newJSStore(t, js) // creates the stream
+	u := &unlistened{JetStream: js, until: time.Now().Add(1500 * time.Millisecond)}
+	st, err := stream.OpenStore(context.Background(), u, stream.Config{Name: "carts", Registry: testRegistry(t), GroupCommit: stream.GroupCommitOff})
+	require.NoError(t, err)
+	agg := stream.Aggregate{Type: "cart", ID: "1"}
+	ev := []stream.EventData{{Data: itemAdded{SKU: "a", Qty: 1}}}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err = st.Append(ctx, agg, stream.ExpectNone(), ev)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.ErrorContains(t, err, "no response from stream", "the error says what the attempts met")
+	require.NotErrorIs(t, err, stream.ErrIndeterminate, "nothing was stored")
+
+	start := time.Now()
+	res, err := st.Append(context.Background(), agg, stream.ExpectNone(), ev)
+	require.NoError(t, err)
+	assert.Greater(t, u.sent.Load(), int64(6), "more sends than the five attempts")
+	assert.WithinDuration(t, u.until, time.Now(), 1500*time.Millisecond)
+	assert.Greater(t, time.Since(start), 500*time.Millisecond)
+	assert.Equal(t, stream.Revision{Version: 1, Sequence: 1}, res.Last)
+	require.Len(t, loadAll(t, st, agg), 1)
+}
+
+// A stream that no longer covers the store's subjects fails an append at
+// once with ErrNotFound (no responders, then one look at the stream).
+func TestStoreAppendStreamNotListening(t *testing.T) {
+	srv := embedded.RunServer(t)
+	_, js := embedded.MustJetStream(t, srv)
+	ctx := context.Background()
+	st := newJSStore(t, js, func(c *stream.Config) { c.GroupCommit = stream.GroupCommitOff })
+	raw, err := js.Stream(ctx, "carts")
+	require.NoError(t, err)
+	cfg := raw.CachedInfo().Config
+	cfg.Subjects = []string{"elsewhere.>"}
+	_, err = js.UpdateStream(ctx, cfg)
+	require.NoError(t, err)
+	start := time.Now()
+	_, err = st.Append(ctx, stream.Aggregate{Type: "cart", ID: "1"}, stream.ExpectNone(), []stream.EventData{{Data: itemAdded{SKU: "a", Qty: 1}}})
+	require.ErrorIs(t, err, stream.ErrNotFound)
+	require.ErrorContains(t, err, `stream "carts" does not exist or does not listen on this subject`)
+	assert.Less(t, time.Since(start), 3*time.Second, "no resends until the 25s budget")
+}
+
+// When an R3 stream's leader stops, a request sent as the leadership moves
+// is dropped by the server without an answer. The store follows the
+// stream's leader elections and resends such a request at once, instead
+// of after the JetStream timeout (5s here): an append of one event, of
+// two events (an atomic batch), a pipelined AppendAsync, and a leader read,
+// each in its own failover. The events are stored once.
+func TestStoreLeaderChangeResendsAtOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("3-node cluster: skipped with -short")
+	}
+	c := embedded.RunCluster(t)
+	ctx := context.Background()
+	_, js := embedded.MustJetStream(t, c)
+	agg := stream.Aggregate{Type: "cart", ID: "1"}
+	st := newJSStore(t, js, func(cfg *stream.Config) { cfg.Replicas = 3 })
+	last, err := st.Append(ctx, agg, stream.ExpectNone(), []stream.EventData{{Data: itemAdded{SKU: "a", Qty: 1}}})
+	require.NoError(t, err)
+	version := uint64(1)
+
+	for _, op := range []string{"append", "append-batch", "append-async", "last-revision"} {
+		require.NoError(t, c.WaitForStreamCurrent(ctx, "", "carts"))
+		leader, err := c.StreamLeader("", "carts")
+		require.NoError(t, err)
+		victim := slices.Index(c.Nodes(), leader)
+		// A store on a connection to another node, timeout 5s: without
+		// the leader watch a dropped request costs 5s.
+		nc := embedded.MustConnect(t, c.Node((victim+1)%3))
+		cjs, err := jetstream.New(nc, jetstream.WithDefaultTimeout(5*time.Second))
+		require.NoError(t, err)
+		cst, err := stream.OpenStore(ctx, cjs, stream.Config{Name: "carts", Registry: testRegistry(t), GroupCommit: stream.GroupCommitPipeline})
+		require.NoError(t, err)
+
+		// The test sees the election as the store does: an election that
+		// takes seconds (no handover) is not what this test is about.
+		var start time.Time
+		elected := make(chan time.Duration, 1)
+		adv, err := nc.Subscribe("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.carts", func(*nats.Msg) {
+			select {
+			case elected <- time.Since(start):
+			default:
+			}
+		})
+		require.NoError(t, err)
+		require.NoError(t, nc.Flush())
+		start = time.Now()
+		c.StopNode(victim)
+		switch op {
+		case "append", "append-batch":
+			evs := []stream.EventData{{Data: itemAdded{SKU: op, Qty: 1}}}
+			if op == "append-batch" {
+				evs = append(evs, stream.EventData{Data: itemAdded{SKU: op, Qty: 2}})
+			}
+			res, err := cst.Append(ctx, agg, stream.ExpectRevision(last.Last), evs)
+			require.NoError(t, err, op)
+			version += uint64(len(evs))
+			require.Equal(t, version, res.Last.Version, op)
+			last = res
+		case "append-async": // pipelined: PublishMsgAsync and the store's collector
+			res, err := cst.AppendAsync(ctx, agg, stream.ExpectRevision(last.Last), []stream.EventData{{Data: itemAdded{SKU: op, Qty: 1}}}).Wait(ctx)
+			require.NoError(t, err, op)
+			version++
+			require.Equal(t, version, res.Last.Version, op)
+			last = res
+		case "last-revision":
+			rev, err := cst.LastRevision(ctx, agg)
+			require.NoError(t, err, op)
+			require.Equal(t, last.Last, rev, op)
+		}
+		took := time.Since(start)
+		var election time.Duration
+		select {
+		case election = <-elected:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no new leader announced", op)
+		}
+		require.NoError(t, adv.Unsubscribe())
+		t.Logf("%s right after the leader stopped took %v, the election %v", op, took, election)
+		assert.Less(t, took-election, 2*time.Second, "%s waited for the timeout instead of following the new leader", op)
+		require.NoError(t, c.RestartNode(victim))
+	}
+	evs := loadAll(t, st, agg)
+	require.Len(t, evs, int(version), "every event stored once")
+	for i, ev := range evs {
+		require.Equal(t, uint64(i+1), ev.Version)
+	}
 }
