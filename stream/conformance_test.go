@@ -163,6 +163,9 @@ func jetStreamHarnessWith(js jetstream.JetStream, replicas int, gc stream.GroupC
 					t.Helper()
 					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 					defer cancel()
+					if replicas > 1 {
+						header = expectLast(ctx, t, js, name, subject, header)
+					}
 					// A replicated stream created a moment ago may not
 					// have a leader listening yet: nothing is stored on
 					// "no responders", so resending is safe. The store
@@ -176,6 +179,46 @@ func jetStreamHarnessWith(js jetstream.JetStream, replicas int, gc stream.GroupC
 		},
 		Skip: skip,
 	}
+}
+
+// expectLast returns a copy of header with the Nats-Expected-Last-Subject-
+// Sequence check an esnats append would carry: subject's last sequence in
+// the stream, 0 if it has none.
+//
+// The suite's foreign writer sends it on a replicated stream because of a
+// data race in nats-server 2.15.2 that -race reports: a stream leader's
+// first publish carrying that header after an election (or on a new stream)
+// creates mset.expectedPerSubjectSequence under mset.clMu
+// (batchStagedDiff.commit), while the goroutine applying an earlier publish
+// that carried none reads the field without the lock (applyStreamMsgOp).
+// Raw publishes without it followed by an append (ForeignWriter, Upcast)
+// hit that window in about one run of this test in 30. With the check on
+// every publish, the first one on the stream creates the field before
+// anything is being applied. Stored events read the same either way.
+func expectLast(ctx context.Context, t *testing.T, js jetstream.JetStream, name, subject string, header nats.Header) nats.Header {
+	t.Helper()
+	var last uint64
+	st, err := js.Stream(ctx, name)
+	require.NoError(t, err)
+	m, err := st.GetLastMsgForSubject(ctx, subject)
+	for errors.Is(err, nats.ErrNoResponders) && ctx.Err() == nil {
+		// A stream created a moment ago may have no leader yet.
+		time.Sleep(100 * time.Millisecond)
+		m, err = st.GetLastMsgForSubject(ctx, subject)
+	}
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+	case err != nil:
+		require.NoError(t, err, "last message on %s", subject)
+	default:
+		last = m.Sequence
+	}
+	h := make(nats.Header, len(header)+1)
+	for k, v := range header {
+		h[k] = v
+	}
+	h.Set(jetstream.ExpectedLastSubjSeqHeader, fmt.Sprint(last))
+	return h
 }
 
 // noPeers reports the JetStream error 10005 "no suitable peers for
