@@ -66,6 +66,16 @@
 // a restarted node catches up on its streams within a few seconds (raft
 // heartbeats are 1s).
 //
+// A data race in nats-server 2.15.2 that tests run with -race can report
+// (a server bug, harmless without -race): on a replicated stream, the
+// leader's first publish carrying Nats-Expected-Last-Subject-Sequence after
+// an election, or on a new stream, races the apply of an earlier publish
+// that carried none (batchStagedDiff.commit against applyStreamMsgOp). Tests
+// that write an R3 store's subjects with plain publishes before appending
+// should send that header too, as docs/wire-format.md asks of other writers
+// and as esnats' appends always do; stream/conformance_test.go's expectLast
+// does.
+//
 // # Concurrency
 //
 // Server and Cluster methods are safe for concurrent use. Restart and
