@@ -68,13 +68,17 @@
 //
 // A data race in nats-server 2.15.2 that tests run with -race can report
 // (a server bug, harmless without -race): on a replicated stream, the
-// leader's first publish carrying Nats-Expected-Last-Subject-Sequence after
-// an election, or on a new stream, races the apply of an earlier publish
-// that carried none (batchStagedDiff.commit against applyStreamMsgOp). Tests
+// leader's first publish carrying Nats-Expected-Last-Subject-Sequence (on a
+// new stream, or after an election) creates a field under a lock that the
+// goroutine applying earlier publishes reads without it
+// (batchStagedDiff.commit against applyStreamMsgOp). On a new stream only
+// publishes that carried no such header can be being applied then, so tests
 // that write an R3 store's subjects with plain publishes before appending
 // should send that header too, as docs/wire-format.md asks of other writers
 // and as esnats' appends always do; stream/conformance_test.go's expectLast
-// does.
+// does. After an election the previous leader's entries can still be being
+// applied whatever they carried; esnats' fault tests, which move leaders
+// under load, have not reported it.
 //
 // # Concurrency
 //

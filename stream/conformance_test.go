@@ -187,10 +187,11 @@ func jetStreamHarnessWith(js jetstream.JetStream, replicas int, gc stream.GroupC
 //
 // The suite's foreign writer sends it on a replicated stream because of a
 // data race in nats-server 2.15.2 that -race reports: a stream leader's
-// first publish carrying that header after an election (or on a new stream)
-// creates mset.expectedPerSubjectSequence under mset.clMu
-// (batchStagedDiff.commit), while the goroutine applying an earlier publish
-// that carried none reads the field without the lock (applyStreamMsgOp).
+// first publish carrying that header (on a new stream, or after an
+// election) creates mset.expectedPerSubjectSequence under mset.clMu
+// (batchStagedDiff.commit), while the goroutine applying earlier publishes
+// reads the field without the lock (applyStreamMsgOp). On a new stream the
+// only publishes that can be being applied then are ones that carried none.
 // Raw publishes without it followed by an append (ForeignWriter, Upcast)
 // hit that window in about one run of this test in 30. With the check on
 // every publish, the first one on the stream creates the field before
