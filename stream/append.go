@@ -362,7 +362,8 @@ func (s *Store) send(ctx context.Context, ps []*prepared, o appendOptions, uncer
 			return results(ps, firstSeq, false), nil
 		}
 		lastErr = err
-		switch classify(err) {
+		class := classify(err)
+		switch class {
 		case classDenied:
 			// A refused publish is never stored: whatever an earlier
 			// attempt did, it was refused too.
@@ -418,7 +419,7 @@ func (s *Store) send(ctx context.Context, ps []*prepared, o appendOptions, uncer
 			default:
 			}
 		}
-		if attempt >= o.maxAttempts && !(classify(err) == classUnavailable && time.Since(start) < s.unavailableFor(o)) {
+		if attempt >= o.maxAttempts && !(class == classUnavailable && time.Since(start) < s.unavailableFor(o)) {
 			break
 		}
 		if err := backoffUntil(pctx, attempt, elected); err != nil {
