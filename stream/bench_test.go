@@ -39,8 +39,10 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -619,6 +621,25 @@ func benchRawLoad(ctx context.Context, e *benchEnv, subject string, decode bool)
 	}
 }
 
+// benchGroupWriters are the numbers of writers BenchmarkAppendGroupCommit
+// runs with on R1: 64 and 256, or the comma-separated list in
+// ESNATS_BENCH_WRITERS (R3 runs only with 64).
+func benchGroupWriters(b *testing.B) []int {
+	s := os.Getenv("ESNATS_BENCH_WRITERS")
+	if s == "" {
+		return []int{64, 256}
+	}
+	var ws []int
+	for f := range strings.SplitSeq(s, ",") {
+		w, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || w < 1 {
+			b.Fatalf("ESNATS_BENCH_WRITERS=%q: want numbers of writers >= 1, separated by commas", s)
+		}
+		ws = append(ws, w)
+	}
+	return ws
+}
+
 // Shape of BenchmarkAppendGroupCommit.
 const (
 	groupAggs     = 10_000
@@ -638,7 +659,7 @@ func groupPerWriter(mode embedded.SyncPolicy, writers int) int {
 }
 
 // BenchmarkAppendGroupCommit appends one event each to 10,000 aggregates
-// from many goroutines (64 and 256; each owns its aggregates and appends to
+// from many goroutines (64 and 256, or ESNATS_BENCH_WRITERS; each owns its aggregates and appends to
 // them round-robin with the expected-revision check) through a Store with
 // group commit, beside the raw operations group commit is built on, all
 // with the same check on every message:
@@ -662,7 +683,7 @@ func groupPerWriter(mode embedded.SyncPolicy, writers int) int {
 func BenchmarkAppendGroupCommit(b *testing.B) {
 	for _, replicas := range []int{1, 3} {
 		for _, mode := range benchSyncModes {
-			for _, writers := range []int{64, 256} {
+			for _, writers := range benchGroupWriters(b) {
 				if replicas == 3 && writers != 64 {
 					continue
 				}
