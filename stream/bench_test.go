@@ -659,10 +659,10 @@ func groupPerWriter(mode embedded.SyncPolicy, writers int) int {
 }
 
 // BenchmarkAppendGroupCommit appends one event each to 10,000 aggregates
-// from many goroutines (64 and 256, or ESNATS_BENCH_WRITERS; each owns its aggregates and appends to
-// them round-robin with the expected-revision check) through a Store with
-// group commit, beside the raw operations group commit is built on, all
-// with the same check on every message:
+// from many goroutines (64 and 256, or ESNATS_BENCH_WRITERS; each owns its
+// aggregates and appends to them round-robin with the expected-revision
+// check) through a Store with group commit, beside the raw operations group
+// commit is built on, all with the same check on every message:
 //
 //   - raw-async: pipelined js.PublishMsgAsync from one goroutine, the whole
 //     chunk in flight (the fastest a client can publish single events);
